@@ -189,30 +189,52 @@ class FocusAllocator {
 
   // Gathers legal expansions and collapse groups. Not forced: thresholds and cooldown apply.
   // Forced (budget restore): every unprotected complete group is a candidate, cooldown ignored.
+  // This is the allocator's hot loop: one pass over the window with no per-entry span maths.
   void collect(const WorkingContext<C>& wc, std::span<const float> scores, bool forced) {
     expansions_.clear();
     collapses_.clear();
     const std::int64_t n = wc.size();
+    // Every score is checked, protected ones too: a NaN anywhere means a broken scorer. A
+    // branch-free reduction first (vectorises), the position only when something is wrong.
+    bool bad = false;
+    for (std::int64_t i = 0; i < n; ++i) {
+      const float x = scores[static_cast<std::size_t>(i)];
+      bad |= !(x >= -1.0f && x <= 1.0f);
+    }
+    if (bad) {
+      for (std::int64_t i = 0; i < n; ++i) {
+        const float x = scores[static_cast<std::size_t>(i)];
+        if (!(x >= -1.0f && x <= 1.0f))
+          throw Error(Errc::kInvalidArgument,
+                      detail::concat("[mc.focus.bad_scores] score of entry ", i, " is ", x,
+                                     "; scores must lie in [-1, 1] (NaN is refused)"));
+      }
+    }
+    // Entries from `protect_pos` on overlap the newest recent_tokens: find it from the end.
     const std::int64_t protect_from = wc.num_tokens() - opts_.recent_tokens;
+    const std::int64_t first = wc.first_window_pos();
+    std::int64_t protect_pos = n;
+    while (protect_pos > first && wc.span(protect_pos - 1).end > protect_from) --protect_pos;
     const std::int32_t cooled = step_ - opts_.cooldown_steps;  // changed_at <= cooled: eligible
     const float hi = opts_.expand_threshold, lo = opts_.collapse_threshold;
-    const auto entries = wc.entries();
-    for (std::int64_t i = wc.first_window_pos(); i < n; ++i) {
-      const WcEntry& e = entries[static_cast<std::size_t>(i)];
-      const float s = scores[static_cast<std::size_t>(i)];
-      if (L::tokens(e.node()).end > protect_from) break;  // the rest is protected recent history
+    const WcEntry* entries = wc.entries().data();
+    const float* sc = scores.data();
+    for (std::int64_t i = first; i < protect_pos; ++i) {
+      const WcEntry& e = entries[i];
+      const float s = sc[i];
       if (!forced && e.lod >= 1 && s > hi && e.changed_at <= cooled)
         expansions_.push_back({s, {FocusEdit::kExpand, i}});
-      // A collapse group starts at an aligned first sibling; test it once there.
-      if (e.lod < Depth && e.index % K == 0 && i + K <= n && wc.can_collapse(i) &&
-          L::tokens(entries[static_cast<std::size_t>(i + K - 1)].node()).end <= protect_from) {
+      // A collapse group starts at an aligned first sibling whose K-1'th successor is its last
+      // sibling (see WorkingContext::can_collapse); the whole group must be unprotected.
+      if (e.lod < Depth && e.index % K == 0 && i + K <= protect_pos) {
+        const WcEntry& last = entries[i + K - 1];
+        if (last.lod != e.lod || last.index != e.index + K - 1) continue;
         float sum = 0, top = -2.0f;
         bool cool = true;
         for (std::int64_t j = i; j < i + K; ++j) {
-          const float sj = scores[static_cast<std::size_t>(j)];
-          sum += sj;
-          top = std::max(top, sj);
-          cool = cool && entries[static_cast<std::size_t>(j)].changed_at <= cooled;
+          sum += sc[j];
+          top = std::max(top, sc[j]);
+          cool = cool && entries[j].changed_at <= cooled;
         }
         const float mean = sum / static_cast<float>(K);
         // A sibling that asks for detail vetoes the collapse, which also keeps collapse groups
@@ -220,14 +242,6 @@ class FocusAllocator {
         if (forced || (cool && mean < lo && !(top > hi)))
           collapses_.push_back({mean, {FocusEdit::kCollapse, i}});
       }
-    }
-    // Every score is checked, protected ones too: a NaN anywhere means a broken scorer.
-    for (std::int64_t i = 0; i < n; ++i) {
-      const float s = scores[static_cast<std::size_t>(i)];
-      if (!(s >= -1.0f && s <= 1.0f))
-        throw Error(Errc::kInvalidArgument,
-                    detail::concat("[mc.focus.bad_scores] score of entry ", i, " is ", s,
-                                   "; scores must lie in [-1, 1] (NaN is refused)"));
     }
   }
 

@@ -4,7 +4,7 @@
 // g = score (expansions) and g = -score (collapses), the best plan with e expansions and c
 // collapses takes the e best expansions and the c best collapses; the policy tries every e and
 // keeps the best feasible (e, c). This is the "swap an expansion for a collapse while it
-// improves" search done exactly, in O(candidates log candidates).
+// improves" search done exactly, in O(candidates + max_edits log max_edits).
 #pragma once
 
 #include <algorithm>
@@ -20,13 +20,20 @@ struct BudgetOptimal {
   void plan(const FocusPlanInput& in, std::vector<FocusCandidate>& chosen) {
     exp_.assign(in.expansions.begin(), in.expansions.end());
     col_.assign(in.collapses.begin(), in.collapses.end());
-    std::sort(exp_.begin(), exp_.end(), [](const auto& a, const auto& b) {
+    const std::int64_t cap = std::max(0, in.max_edits);
+    // Only the best `cap` of each list can be chosen: select them (O(n)), then sort those.
+    const auto top = [cap](std::vector<FocusCandidate>& v, auto better) {
+      const auto m = std::min<std::int64_t>(cap, static_cast<std::int64_t>(v.size()));
+      std::nth_element(v.begin(), v.begin() + m, v.end(), better);
+      v.resize(static_cast<std::size_t>(m));
+      std::sort(v.begin(), v.end(), better);
+    };
+    top(exp_, [](const FocusCandidate& a, const FocusCandidate& b) {
       return a.score != b.score ? a.score > b.score : a.edit.pos < b.edit.pos;
     });
-    std::sort(col_.begin(), col_.end(), [](const auto& a, const auto& b) {
+    top(col_, [](const FocusCandidate& a, const FocusCandidate& b) {
       return a.score != b.score ? a.score < b.score : a.edit.pos < b.edit.pos;
     });
-    const std::int64_t cap = std::max(0, in.max_edits);
     const std::int64_t slots = in.k > 1 ? in.free_entries / (in.k - 1) : 0;  // net expansions
     const auto E = static_cast<std::int64_t>(exp_.size()), Cn = static_cast<std::int64_t>(col_.size());
     // Prefix gains.

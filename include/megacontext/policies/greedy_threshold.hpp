@@ -18,23 +18,31 @@ struct GreedyThreshold {
   void plan(const FocusPlanInput& in, std::vector<FocusCandidate>& chosen) {
     all_.assign(in.expansions.begin(), in.expansions.end());
     all_.insert(all_.end(), in.collapses.begin(), in.collapses.end());
-    const auto by_abs = [](const FocusCandidate& a, const FocusCandidate& b) {
+    // Heap order: largest |score| on top; ties go to the older (smaller position) entry.
+    const auto below = [](const FocusCandidate& a, const FocusCandidate& b) {
       const float x = std::abs(a.score), y = std::abs(b.score);
-      return x != y ? x > y : a.edit.pos < b.edit.pos;  // ties: older first, deterministic
+      return x != y ? x < y : a.edit.pos > b.edit.pos;
     };
-    const auto cap = static_cast<std::size_t>(std::max(0, in.max_edits));
+    // A heap, not a sort: a step consumes at most max_edits candidates (plus skipped expansions),
+    // so this is O(candidates + consumed * log candidates).
+    std::make_heap(all_.begin(), all_.end(), below);
     std::int64_t free = in.free_entries;
-    // Only the top `cap` by |score| can ever be taken... unless expansions get skipped for
-    // budget, so sort fully when there are few candidates and partially otherwise.
-    std::sort(all_.begin(), all_.end(), by_abs);
-    std::size_t taken = 0;
-    for (const FocusCandidate& c : all_) {
-      if (taken == cap) break;
+    auto collapses_left = static_cast<std::int64_t>(in.collapses.size());
+    std::int32_t taken = 0;
+    auto end = all_.end();
+    while (taken < in.max_edits && end != all_.begin()) {
+      std::pop_heap(all_.begin(), end, below);
+      --end;
+      const FocusCandidate& c = *end;
       if (c.edit.kind == FocusEdit::kExpand) {
-        if (free < in.k - 1) continue;
+        if (free < in.k - 1) {
+          if (collapses_left == 0) break;  // nothing can free room any more
+          continue;                        // skipped: does not fit now
+        }
         free -= in.k - 1;
       } else {
         free += in.k - 1;
+        --collapses_left;
       }
       chosen.push_back(c);
       ++taken;
