@@ -207,7 +207,9 @@ class DiskStorage {
   /// while appending), so a closed tree takes exactly its documented size on disk. Called by the
   /// destructor; safe to call twice. Readers: just unmaps.
   void close() noexcept {
-    if (!read_only() && header_map_) {
+    // Only a fully opened writer trims: a writer whose open() failed half-way must leave the
+    // files exactly as it found them (they may be the evidence of the damage it reported).
+    if (!read_only() && header_map_ && opened_ && data_.size() == crc_.size()) {
       for (std::uint32_t l = 0; l < data_.size(); ++l) {
         const std::uint64_t bytes = layout_.level_bytes(static_cast<int>(l), commit_.num_tokens);
         data_[l].truncate(bytes);
@@ -219,6 +221,7 @@ class DiskStorage {
     data_.clear();
     crc_.clear();
     header_ = detail::MappedFile();
+    opened_ = false;
   }
 
   /// Creates an empty tree of `layout` in directory `dir` (made if missing) and opens it for
@@ -304,6 +307,7 @@ class DiskStorage {
     s.load_commit(buf);
     s.open_levels();
     if (opts.verify == Verify::kFull) s.verify();
+    s.opened_ = true;
     return s;
   }
 
@@ -436,6 +440,7 @@ class DiskStorage {
     std::swap(report_, o.report_);
     std::swap(data_, o.data_);
     std::swap(crc_, o.crc_);
+    std::swap(opened_, o.opened_);
   }
 
   void read_header_records(unsigned char* buf) const {
@@ -506,6 +511,7 @@ class DiskStorage {
   RecoveryReport report_;
   std::vector<detail::MappedFile> data_;
   std::vector<detail::MappedFile> crc_;
+  bool opened_ = false;
 };
 
 static_assert(TreeStorage<DiskStorage>);

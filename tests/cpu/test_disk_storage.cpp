@@ -6,6 +6,7 @@
 #include <megacontext/tree.hpp>
 
 #include <fstream>
+#include <map>
 
 #include "common/random.hpp"
 #include "common/tree_fixtures.hpp"
@@ -201,4 +202,19 @@ TEST_CASE("disk tree: power-loss durability and ids-only trees work the same way
   CHECK(t.dim() == 0);
   CHECK(t.level_size(2) == 2);
   CHECK(t.tokens(34, 35)[0] == mc::test::stream_token(34, 50));
+}
+
+TEST_CASE("disk tree: a writer whose open fails leaves every file exactly as it was") {
+  TempDir dir("failed_open");
+  make_tree(dir / "t", 301);
+  const auto t = dir / "t";
+  flip_byte(t / "lod0.bin", 70);
+  std::map<std::string, std::uintmax_t> sizes;
+  for (const auto& e : std::filesystem::directory_iterator(t)) sizes[e.path().filename()] = e.file_size();
+  CHECK_THROWS_AS(mc::DiskTree<C>::open(t), mc::FormatError);
+  for (const auto& e : std::filesystem::directory_iterator(t))
+    CHECK(sizes[e.path().filename()] == e.file_size());
+  // The commit is still readable without the checksum pass (the damage is in the data only).
+  auto r = mc::DiskTree<C>::open(t, {.read_only = true, .verify = mc::Verify::kCommitOnly});
+  CHECK(r.num_tokens() == 301);
 }

@@ -75,6 +75,8 @@ void check_tree_content(const mc::DiskTree<C>& tree, std::int64_t from) {
 }  // namespace
 
 TEST_CASE("tree crash: 200 SIGKILLs at random instants never lose an append that returned") {
+  // Rounds continue until 200 kills have landed while a writer was running (a writer that
+  // finishes its quota first, or a loaded machine, can make a round end without one).
   INFO(mc::test::seed_info());
   mc::test::TempDir dir("crash");
   const auto path = dir / "t";
@@ -82,7 +84,8 @@ TEST_CASE("tree crash: 200 SIGKILLs at random instants never lose an append that
   auto rng = mc::test::rng(99);
   std::int64_t verified = 0;
   int kills_mid_run = 0, torn = 0;
-  for (int round = 0; round < 200; ++round) {
+  int round = 0;
+  for (; kills_mid_run < 200 && round < 600; ++round) {
     int fds[2];
     REQUIRE(::pipe(fds) == 0);
     const std::uint64_t seed = rng();
@@ -90,7 +93,7 @@ TEST_CASE("tree crash: 200 SIGKILLs at random instants never lose an append that
     REQUIRE(pid >= 0);
     if (pid == 0) {
       ::close(fds[0]);
-      writer_child(path, fds[1], seed, verified + 200'000);
+      writer_child(path, fds[1], seed, verified + 2'000'000);
     }
     ::close(fds[1]);
     // Kill after a random delay: 0 to ~8 ms, skewed short so some kills hit the open itself.
@@ -113,9 +116,9 @@ TEST_CASE("tree crash: 200 SIGKILLs at random instants never lose an append that
     check_tree_content(tree, verified);
     verified = tree.num_tokens();
   }
-  MESSAGE("200 kills: ", kills_mid_run, " landed while the writer ran; ", torn,
+  MESSAGE(round, " rounds: ", kills_mid_run, " SIGKILLs landed while the writer ran; ", torn,
           " left a torn commit slot; final tree holds ", verified, " tokens");
-  CHECK(kills_mid_run >= 150);
+  CHECK(kills_mid_run == 200);
   // The surviving tree still accepts appends from where it stopped.
   auto tree = mc::DiskTree<C>::open(path);
   auto g = gister();
