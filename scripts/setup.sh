@@ -5,7 +5,7 @@
 set -euo pipefail
 SUDO=""
 if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
-PKGS="cmake ninja-build g++ make libeigen3-dev doctest-dev libbenchmark-dev git"
+PKGS="cmake ninja-build g++ make libeigen3-dev doctest-dev libbenchmark-dev git time"
 missing=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then
