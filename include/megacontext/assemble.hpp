@@ -6,7 +6,7 @@
 // of how the GPU copy is kept current. Data flow: Tree + WorkingContext -> here -> BaseModel.
 #pragma once
 
-#include <Eigen/Core>
+#include "megacontext/detail/eigen.hpp"
 
 #include <cstdint>
 #include <vector>

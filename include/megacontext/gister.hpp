@@ -5,7 +5,7 @@
 // learned GistNet plugs in through the same concept.
 #pragma once
 
-#include <Eigen/Core>
+#include "megacontext/detail/eigen.hpp"
 
 #include <concepts>
 #include <cstdint>

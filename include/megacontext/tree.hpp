@@ -5,7 +5,7 @@
 // of the data flow: tokens -> Tree::append -> gists -> WorkingContext.
 #pragma once
 
-#include <Eigen/Core>
+#include "megacontext/detail/eigen.hpp"
 
 #include <algorithm>
 #include <cstdint>
