@@ -1,0 +1,9 @@
+// SPDX-License-Identifier: Apache-2.0
+// Umbrella header of the GPU path (Eigen/Dense style): includes every public facade. Our own
+// headers include exactly what they use; this one is for users' .cu files.
+#pragma once
+
+#include "megacontext/device_gist_pool.cuh"
+#include "megacontext/device_rope.cuh"
+#include "megacontext/dispatch.cuh"
+#include "megacontext/error.cuh"

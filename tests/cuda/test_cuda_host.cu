@@ -1,0 +1,140 @@
+// SPDX-License-Identifier: Apache-2.0
+// Host-side behaviour of the CUDA layer that needs no device, so it runs in the GPU-less CI
+// (label cpu): mc::dispatch and the value lists (dispatch.cuh), mc::CudaError and the MC_CUDA_*
+// macros (error.cuh), and the facades' argument validation, which must throw before any launch.
+#include <doctest/doctest.h>
+
+#include <megacontext/cuda.cuh>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace {
+
+// Pointers that are never dereferenced: validation must reject the call before any CUDA work.
+float* fake_device_ptr(std::uintptr_t at) { return reinterpret_cast<float*>(at); }
+
+cudaError_t returns_early(cudaError_t status, bool& reached_end) {
+  MC_CUDA_RETURN_IF_ERROR(status);
+  reached_end = true;
+  return cudaSuccess;
+}
+
+}  // namespace
+
+TEST_CASE("dispatch: a run-time value becomes the matching compile-time constant") {
+  for (const int v : mc::HeadDims::values) {
+    const int got = mc::dispatch<64, 128, 256>("d_head", v, [&]<int D>() { return D; });
+    CHECK(got == v);
+  }
+  CHECK(mc::dispatch(mc::kHeadDims, "d_head", 128, [&]<int D>() { return D * 2; }) == 256);
+  CHECK(mc::dispatch<7>(7, [&]<int D>() { return D; }) == 7);
+  int seen = 0;
+  mc::dispatch<1, 2, 3>("x", 2, [&]<int V>() { seen = V; });  // void lambdas work too
+  CHECK(seen == 2);
+}
+
+TEST_CASE("dispatch: an unsupported value throws mc::Error naming it and the supported set") {
+  CHECK_THROWS_WITH_AS(
+      mc::dispatch(mc::kHeadDims, "d_head", 96, [&]<int D>() { return D; }),
+      doctest::Contains("`d_head = 96` is not compiled in; supported: {64, 128, 256}"), mc::Error);
+  const auto unnamed = [] { return mc::dispatch<64, 128, 256>(96, [&]<int D>() { return D; }); };
+  CHECK_THROWS_WITH_AS(unnamed(), doctest::Contains("[mc.dispatch.not_compiled] `value = 96`"),
+                       mc::Error);
+  try {
+    mc::dispatch<1>("x", 0, [&]<int>() {});
+    FAIL("dispatch accepted a value outside the list");
+  } catch (const mc::Error& e) {
+    CHECK(e.code() == mc::Errc::kInvalidArgument);
+  }
+}
+
+TEST_CASE("dispatch: each value list is one constexpr source of truth") {
+  static_assert(mc::HeadDims::contains(128) && !mc::HeadDims::contains(96));
+  static_assert(mc::HeadDims::size == 3);
+  CHECK(mc::HeadDims::text() == "{64, 128, 256}");
+  CHECK(mc::PoolBlockSizes::text() == "{16, 32, 64}");
+  std::vector<int> walked;
+  mc::for_each_value(mc::kHeadDims, [&]<int D>() { walked.push_back(D); });
+  CHECK(walked == std::vector<int>(mc::HeadDims::values.begin(), mc::HeadDims::values.end()));
+}
+
+TEST_CASE("error: MC_CUDA_TRY throws mc::CudaError with the expression, status, file and line") {
+  const auto fails = [] { return cudaErrorInvalidValue; };
+  try {
+    MC_CUDA_TRY(fails());
+    FAIL("MC_CUDA_TRY did not throw");
+  } catch (const mc::CudaError& e) {
+    const std::string what = e.what();
+    CHECK(e.status() == cudaErrorInvalidValue);
+    CHECK(e.code() == mc::Errc::kCuda);
+    CHECK(what.find("[mc.cuda.call_failed] `fails()` failed: cudaErrorInvalidValue") !=
+          std::string::npos);
+    CHECK(what.find("test_cuda_host.cu:") != std::string::npos);
+  }
+  CHECK_NOTHROW(MC_CUDA_TRY(cudaSuccess));
+  // mc::CudaError is an mc::Error, so one catch handles every library failure.
+  CHECK_THROWS_AS(MC_CUDA_TRY(cudaErrorMemoryAllocation), mc::Error);
+}
+
+TEST_CASE("error: MC_CUDA_RETURN_IF_ERROR returns the failing status") {
+  bool reached = false;
+  CHECK(returns_early(cudaErrorInvalidValue, reached) == cudaErrorInvalidValue);
+  CHECK_FALSE(reached);
+  CHECK(returns_early(cudaSuccess, reached) == cudaSuccess);
+  CHECK(reached);
+}
+
+TEST_CASE("cuda mean_pool: bad arguments throw mc::Error before any launch") {
+  float* in = fake_device_ptr(0x10000);
+  float* out = fake_device_ptr(0x90000);
+  CHECK_THROWS_WITH_AS(mc::cuda::mean_pool(in, -1, 32, 8, out, nullptr),
+                       doctest::Contains("[mc.gist_pool.bad_shape] mean_pool(num_blocks = -1"),
+                       mc::Error);
+  CHECK_THROWS_WITH_AS(mc::cuda::mean_pool(in, 4, 0, 8, out, nullptr), doctest::Contains("K = 0"),
+                       mc::Error);
+  CHECK_THROWS_WITH_AS(mc::cuda::mean_pool(in, 4, 32, 0, out, nullptr), doctest::Contains("d = 0"),
+                       mc::Error);
+  CHECK_THROWS_WITH_AS(mc::cuda::mean_pool(in, std::int64_t{1} << 50, 32, 1 << 20, out, nullptr),
+                       doctest::Contains("overflows"), mc::Error);
+  CHECK_THROWS_WITH_AS(mc::cuda::mean_pool(nullptr, 4, 32, 8, out, nullptr),
+                       doctest::Contains("[mc.gist_pool.null_pointer]"), mc::Error);
+  CHECK_THROWS_WITH_AS(mc::cuda::mean_pool(in, 4, 32, 8, nullptr, nullptr),
+                       doctest::Contains("[mc.gist_pool.null_pointer]"), mc::Error);
+  // d_out inside d_in [4·32·8 floats): overlapping.
+  CHECK_THROWS_WITH_AS(mc::cuda::mean_pool(in, 4, 32, 8, in + 100, nullptr),
+                       doctest::Contains("[mc.gist_pool.aliasing]"), mc::Error);
+  CHECK_THROWS_WITH_AS(mc::cuda::mean_pool(in, 4, 32, 8, in, nullptr),
+                       doctest::Contains("[mc.gist_pool.aliasing]"), mc::Error);
+  // Nothing to pool: success without touching CUDA or the pointers.
+  CHECK(mc::cuda::mean_pool(nullptr, 0, 32, 8, nullptr, nullptr) == cudaSuccess);
+}
+
+TEST_CASE("cuda apply_gaussian_rope: bad arguments throw mc::Error before any launch") {
+  float* x = fake_device_ptr(0x10000);
+  float* y = fake_device_ptr(0x90000);
+  const auto* pos = reinterpret_cast<const mc::GaussianPosition*>(0x200000);
+  mc::GaussianRopeOptions o;
+  o.d_head = 96;
+  CHECK_THROWS_WITH_AS(
+      mc::cuda::apply_gaussian_rope(x, y, pos, 4, 2, o, nullptr),
+      doctest::Contains("`d_head = 96` is not compiled in; supported: {64, 128, 256}"), mc::Error);
+  o.d_head = 63;
+  CHECK_THROWS_WITH_AS(mc::cuda::apply_gaussian_rope(x, y, pos, 4, 2, o, nullptr),
+                       doctest::Contains("[mc.gaussian_rope.bad_d_head] d_head = 63"), mc::Error);
+  o.d_head = 128;
+  o.base = 1.0;
+  CHECK_THROWS_WITH_AS(mc::cuda::apply_gaussian_rope(x, y, pos, 4, 2, o, nullptr),
+                       doctest::Contains("base = 1"), mc::Error);
+  o.base = 10000.0;
+  CHECK_THROWS_WITH_AS(mc::cuda::apply_gaussian_rope(x, y, pos, -1, 2, o, nullptr),
+                       doctest::Contains("n = -1"), mc::Error);
+  CHECK_THROWS_WITH_AS(mc::cuda::apply_gaussian_rope(x, y, pos, 4, 0, o, nullptr),
+                       doctest::Contains("n_heads = 0"), mc::Error);
+  CHECK_THROWS_WITH_AS(mc::cuda::apply_gaussian_rope(x, y, nullptr, 4, 2, o, nullptr),
+                       doctest::Contains("[mc.gaussian_rope.null_pointer]"), mc::Error);
+  CHECK_THROWS_WITH_AS(mc::cuda::apply_gaussian_rope(x, x + 1, pos, 4, 2, o, nullptr),
+                       doctest::Contains("[mc.gaussian_rope.aliasing]"), mc::Error);
+  CHECK(mc::cuda::apply_gaussian_rope(nullptr, nullptr, nullptr, 0, 2, o, nullptr) == cudaSuccess);
+}
