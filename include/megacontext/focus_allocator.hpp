@@ -196,11 +196,9 @@ class FocusAllocator {
     const std::int64_t n = wc.size();
     // Every score is checked, protected ones too: a NaN anywhere means a broken scorer. A
     // branch-free reduction first (vectorises), the position only when something is wrong.
-    bool bad = false;
-    for (std::int64_t i = 0; i < n; ++i) {
-      const float x = scores[static_cast<std::size_t>(i)];
-      bad |= !(x >= -1.0f && x <= 1.0f);
-    }
+    int bad = 0;
+    const float* sp = scores.data();
+    for (std::int64_t i = 0; i < n; ++i) bad |= !(std::fabs(sp[i]) <= 1.0f);  // NaN fails too
     if (bad) {
       for (std::int64_t i = 0; i < n; ++i) {
         const float x = scores[static_cast<std::size_t>(i)];
