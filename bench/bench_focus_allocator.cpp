@@ -5,6 +5,8 @@
 // d = 256. Baseline in the same run: sorting W scores by |score| (the naive allocator's core).
 #include <benchmark/benchmark.h>
 
+#include "bench_main.hpp"
+
 #include <megacontext/assemble.hpp>
 #include <megacontext/focus_allocator.hpp>
 #include <megacontext/policies/budget_optimal.hpp>
@@ -145,14 +147,4 @@ BENCHMARK(BM_FocusAllocator_SortRef)->Arg(2048)->Arg(8192)->Arg(32768);
 BENCHMARK(BM_FocusAllocator_AdmitK)->Arg(2048)->Arg(8192)->Arg(32768);
 BENCHMARK(BM_Assemble)->Arg(0)->Arg(1)->Unit(benchmark::kMicrosecond);
 
-int main(int argc, char** argv) {
-  benchmark::AddCustomContext("megacontext_bench", "bench_focus_allocator");
-#ifdef MC_GIT_COMMIT
-  benchmark::AddCustomContext("git_commit", MC_GIT_COMMIT);
-#endif
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
-}
+MC_BENCHMARK_MAIN("bench_focus_allocator")

@@ -5,6 +5,8 @@
 // (the cheapest pattern it can build), and the dense [S, S] reference at small N.
 #include <benchmark/benchmark.h>
 
+#include "bench_main.hpp"
+
 #include <cstdint>
 #include <megacontext/pyramid_mask.hpp>
 
@@ -94,14 +96,4 @@ BENCHMARK(BM_SlidingWindow_Bsr_ref)
     ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_PyramidMask_DenseRef)->Arg(1024)->Arg(4096)->Unit(benchmark::kMillisecond);
 
-int main(int argc, char** argv) {
-  benchmark::AddCustomContext("megacontext_bench", "bench_pyramid_mask");
-#ifdef MC_GIT_COMMIT
-  benchmark::AddCustomContext("git_commit", MC_GIT_COMMIT);
-#endif
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
-}
+MC_BENCHMARK_MAIN("bench_pyramid_mask")

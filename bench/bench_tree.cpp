@@ -5,6 +5,8 @@
 // ratio to it is what docs/results reports, since absolute times move with the machine.
 #include <benchmark/benchmark.h>
 
+#include "bench_main.hpp"
+
 #include <megacontext/tree.hpp>
 
 #include <filesystem>
@@ -155,14 +157,4 @@ BENCHMARK(BM_Tree_AppendMeanPool<mc::DiskStorage>)->Arg(4096)->Arg(65536);
 BENCHMARK(BM_Tree_Reopen)->Args({0, 0})->Args({1, 0})->Args({0, 256})->Args({1, 256})
     ->Unit(benchmark::kMillisecond);
 
-int main(int argc, char** argv) {
-  benchmark::AddCustomContext("megacontext_bench", "bench_tree");
-#ifdef MC_GIT_COMMIT
-  benchmark::AddCustomContext("git_commit", MC_GIT_COMMIT);
-#endif
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
-}
+MC_BENCHMARK_MAIN("bench_tree")
