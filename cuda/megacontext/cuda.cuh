@@ -3,6 +3,7 @@
 // headers include exactly what they use; this one is for users' .cu files.
 #pragma once
 
+#include "megacontext/device_assemble.cuh"
 #include "megacontext/device_gist_pool.cuh"
 #include "megacontext/device_rope.cuh"
 #include "megacontext/dispatch.cuh"
