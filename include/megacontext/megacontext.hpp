@@ -17,6 +17,7 @@
 #include "megacontext/policies/budget_optimal.hpp"
 #include "megacontext/policies/greedy_threshold.hpp"
 #include "megacontext/pyramid_mask.hpp"
+#include "megacontext/tokenizer.hpp"
 #include "megacontext/tree.hpp"
 #include "megacontext/tree_storage.hpp"
 #include "megacontext/working_context.hpp"
