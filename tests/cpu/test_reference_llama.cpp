@@ -632,3 +632,32 @@ TEST_CASE("llama: bad options, tokens, masks and call orders are rejected with a
   CHECK_THROWS_WITH_AS(ref::LlamaModel<double>(o, w), doctest::Contains("mlp.w2 is 16 x 24"),
                        mc::Error);
 }
+
+TEST_CASE("llama: a pyramid mask gives the same logits as its dense expansion") {
+  mc::reference::LlamaOptions o;
+  o.d_model = 16;
+  o.n_layers = 1;
+  o.n_heads = 2;
+  o.d_ff = 24;
+  o.n_vocab = 20;
+  auto model = mc::reference::LlamaModel<double>::random(o, 3);
+  mc::PyramidMaskOptions po;
+  po.r = 4;
+  po.window = 6;
+  po.num_levels = 2;
+  const mc::PyramidMask mask(po, 37);
+  const std::int64_t s = mask.seq_len();
+  mc::RowMatrix<double> emb = mc::RowMatrix<double>::Random(s, o.d_model);
+  std::vector<mc::GaussianPosition> pos(static_cast<std::size_t>(s));
+  for (std::int64_t i = 0; i < s; ++i) pos[static_cast<std::size_t>(i)] = {static_cast<double>(i), 0.0};
+  const auto a = model.forward(emb, pos, mask);
+  const auto dense = mask.dense();
+  const auto b = model.forward(emb, pos, dense.data());
+  CHECK(a == b);
+  // And it differs from plain causal attention: the pyramid hides keys.
+  const auto c = model.forward(emb, pos);
+  CHECK((a - c).cwiseAbs().maxCoeff() > 1e-6);
+  mc::RowMatrix<double> short_emb = emb.topRows(s - 1);
+  CHECK_THROWS_WITH_AS(model.forward(short_emb, std::span(pos).first(static_cast<std::size_t>(s - 1)), mask),
+                       doctest::Contains("for a pyramid mask over"), mc::Error);
+}

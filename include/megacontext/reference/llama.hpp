@@ -22,6 +22,7 @@
 #include "megacontext/gaussian_rope.hpp"
 #include "megacontext/gister.hpp"
 #include "megacontext/model.hpp"
+#include "megacontext/pyramid_mask.hpp"
 #include "megacontext/reference/attention.hpp"
 #include "megacontext/reference/rmsnorm.hpp"
 #include "megacontext/reference/swiglu.hpp"
@@ -261,6 +262,18 @@ class LlamaModel {
     RowMatrix<Scalar> logits(embeddings.rows(), options_.n_vocab);
     forward(embeddings.data(), positions.data(), embeddings.rows(), mask, logits.data());
     return logits;
+  }
+
+  /// Logits of a working-context tree under a MegaAttention pyramid mask: `embeddings` holds
+  /// the mask's whole sequence (all wLOD0 rows, then wLOD1, …; mask.seq_len() rows). The
+  /// reference expands the mask to dense, so this is for sizes PyramidMask::dense() accepts.
+  RowMatrix<Scalar> forward(const RowMatrix<Scalar>& embeddings,
+                            std::span<const GaussianPosition> positions, const PyramidMask& mask) {
+    MC_EXPECTS(embeddings.rows() == mask.seq_len(), Errc::kInvalidArgument,
+               "[mc.llama.bad_shape] ", embeddings.rows(), " rows for a pyramid mask over ",
+               mask.seq_len(), " sequence positions");
+    const std::vector<std::uint8_t> dense = mask.dense();
+    return forward(embeddings, positions, dense.data());
   }
 
   /// dL/dembeddings [n, d] of the latest forward from dL/dlogits [n, V]; weights frozen.
