@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "common/gradcheck.hpp"
 #include "common/random.hpp"
 
 namespace {
@@ -71,37 +72,7 @@ Mat mixed_features(std::int64_t w, const mc::LensNetOptions& o, double& cursor) 
                                    std::span<const std::int32_t>(lod), cursor, o);
 }
 
-// Central differences (five-point stencil) of `loss` at every listed parameter against the
-// analytic gradient: err_k = |g_k − fd_k| / max(|g_k|, |fd_k|, 1e-3·max|fd|). Returns max err_k.
-double grad_check(const std::string& what, const std::function<double()>& loss, double* params,
-                  const double* analytic, const std::vector<Eigen::Index>& indices,
-                  double eps = 1e-4) {
-  std::vector<double> fd(indices.size());
-  double fd_max = 0.0;
-  for (std::size_t k = 0; k < indices.size(); ++k) {
-    double& p = params[indices[k]];
-    const double saved = p;
-    auto at = [&](double step) {
-      p = saved + step;
-      return loss();
-    };
-    const double l2 = at(2.0 * eps), l1 = at(eps), m1 = at(-eps), m2 = at(-2.0 * eps);
-    p = saved;
-    fd[k] = (-l2 + 8.0 * l1 - 8.0 * m1 + m2) / (12.0 * eps);
-    fd_max = std::max(fd_max, std::abs(fd[k]));
-  }
-  REQUIRE_MESSAGE(fd_max > 0.0, what, ": every finite difference is zero");
-  double worst = 0.0;
-  for (std::size_t k = 0; k < indices.size(); ++k) {
-    const double g = analytic[indices[k]];
-    REQUIRE_MESSAGE(std::isfinite(g), what, ": analytic gradient is not finite at ", indices[k]);
-    const double den = std::max({std::abs(g), std::abs(fd[k]), 1e-3 * fd_max});
-    const double err = std::abs(g - fd[k]) / den;
-    if (!(err <= worst)) worst = err;  // NaN makes worst NaN, which then fails the bound
-  }
-  MESSAGE(what, ": max relative error ", worst, " over ", indices.size(), " entries");
-  return worst;
-}
+using mc::test::grad_check;
 
 // `count` distinct indices of [0, size) from a seeded draw (all of them when size <= count).
 std::vector<Eigen::Index> sample_indices(Eigen::Index size, Eigen::Index count,

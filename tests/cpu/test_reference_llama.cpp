@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "common/gradcheck.hpp"
 #include "common/random.hpp"
 
 namespace {
@@ -59,43 +60,13 @@ std::vector<std::uint8_t> random_mask(std::int64_t n, std::uint64_t salt) {
   return m;
 }
 
-// Compares analytic gradients with central differences of `loss` at every listed parameter
-// (the five-point stencil, step eps):
-// err_k = |g_k − fd_k| / max(|g_k|, |fd_k|, 1e-3·max|fd|): entries below 1e-3 of
-// the largest are compared in absolute terms, where fp64 round-off of the loss dominates. Returns
-// the max err_k.
+// Gradient check with a per-instance step (see tests/common/gradcheck.hpp).
 struct GradCheck {
   double eps = 1e-4;  // central-difference step (fp64)
 
   double run(const std::string& what, const std::function<double()>& loss, double* params,
              const double* analytic, const std::vector<Eigen::Index>& indices) const {
-    std::vector<double> fd(indices.size());
-    double fd_max = 0.0;
-    for (std::size_t k = 0; k < indices.size(); ++k) {
-      double& p = params[indices[k]];
-      const double saved = p;
-      auto at = [&](double step) {
-        p = saved + step;
-        return loss();
-      };
-      // Fourth-order central difference: truncation O(eps⁴), so round-off of the loss (about
-      // 1e-16·|L|/eps) is the only error left at eps = 1e-4.
-      const double l2 = at(2.0 * eps), l1 = at(eps), m1 = at(-eps), m2 = at(-2.0 * eps);
-      p = saved;
-      fd[k] = (-l2 + 8.0 * l1 - 8.0 * m1 + m2) / (12.0 * eps);
-      fd_max = std::max(fd_max, std::abs(fd[k]));
-    }
-    REQUIRE_MESSAGE(fd_max > 0.0, what, ": every finite difference is zero");
-    double worst = 0.0;
-    for (std::size_t k = 0; k < indices.size(); ++k) {
-      const double g = analytic[indices[k]];
-      REQUIRE_MESSAGE(std::isfinite(g), what, ": analytic gradient is not finite at ", indices[k]);
-      const double den = std::max({std::abs(g), std::abs(fd[k]), 1e-3 * fd_max});
-      const double err = std::abs(g - fd[k]) / den;
-      if (!(err <= worst)) worst = err;  // NaN makes worst NaN, which then fails the bound
-    }
-    MESSAGE(what, ": max relative error ", worst, " over ", indices.size(), " entries");
-    return worst;
+    return mc::test::grad_check(what, loss, params, analytic, indices, eps);
   }
 
   // All indices [0, size).
