@@ -12,6 +12,7 @@
 #include "megacontext/focus_allocator.hpp"
 #include "megacontext/focus_policy.hpp"
 #include "megacontext/gaussian_rope.hpp"
+#include "megacontext/gist_net.hpp"
 #include "megacontext/gister.hpp"
 #include "megacontext/io/safetensors.hpp"
 #include "megacontext/io/tree_file.hpp"

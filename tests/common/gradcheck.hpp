@@ -19,9 +19,12 @@ namespace mc::test {
 
 /// Max err_k over `indices` of `params` (perturbed in place and restored) for `loss`; fails the
 /// test when every difference is zero or an analytic entry is not finite. NaN propagates.
+/// `abs_floor` compares gradients below it in absolute terms (for losses whose round-off swamps
+/// tiny gradients, e.g. through a whole frozen model).
 inline double grad_check(const std::string& what, const std::function<double()>& loss,
                          double* params, const double* analytic,
-                         const std::vector<Eigen::Index>& indices, double eps = 1e-4) {
+                         const std::vector<Eigen::Index>& indices, double eps = 1e-4,
+                         double abs_floor = 0.0) {
   std::vector<double> fd(indices.size());
   double fd_max = 0.0;
   for (std::size_t k = 0; k < indices.size(); ++k) {
@@ -43,7 +46,7 @@ inline double grad_check(const std::string& what, const std::function<double()>&
   for (std::size_t k = 0; k < indices.size(); ++k) {
     const double g = analytic[indices[k]];
     REQUIRE_MESSAGE(std::isfinite(g), what, ": analytic gradient is not finite at ", indices[k]);
-    const double den = std::max({std::abs(g), std::abs(fd[k]), 1e-3 * fd_max});
+    const double den = std::max({std::abs(g), std::abs(fd[k]), 1e-3 * fd_max, abs_floor});
     const double err = std::abs(g - fd[k]) / den;
     if (!(err <= worst)) worst = err;  // NaN makes worst NaN, which then fails the bound
   }
