@@ -17,6 +17,7 @@
 #include "megacontext/io/safetensors.hpp"
 #include "megacontext/io/tree_file.hpp"
 #include "megacontext/lens_net.hpp"
+#include "megacontext/lens_targets.hpp"
 #include "megacontext/lod.hpp"
 #include "megacontext/model.hpp"
 #include "megacontext/policies/budget_optimal.hpp"
