@@ -14,6 +14,8 @@
 #include <utility>
 #include <vector>
 
+#include "megacontext/detail/utf8.hpp"
+
 namespace mc::corpus {
 
 /// Bytes written after every document in train.txt / valid.txt: "\n", ASCII RS (0x1E), "\n".
@@ -38,22 +40,9 @@ constexpr bool is_validation(std::uint64_t hash, std::uint64_t modulus = 20) noe
 namespace detail {
 
 inline void append_utf8(std::string& out, std::uint32_t cp) {
+  // NUL, surrogates and values past Unicode become U+FFFD (a document never contains NUL).
   if (cp == 0 || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) cp = 0xFFFD;
-  if (cp < 0x80) {
-    out += static_cast<char>(cp);
-  } else if (cp < 0x800) {
-    out += static_cast<char>(0xC0 | (cp >> 6));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else if (cp < 0x10000) {
-    out += static_cast<char>(0xE0 | (cp >> 12));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else {
-    out += static_cast<char>(0xF0 | (cp >> 18));
-    out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  }
+  mc::detail::encode_utf8(out, cp);
 }
 
 /// Length of the valid UTF-8 sequence starting at s[i], or 0 if it is not valid.

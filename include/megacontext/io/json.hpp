@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "megacontext/detail/utf8.hpp"
 #include "megacontext/error.hpp"
 
 namespace mc::io {
@@ -295,23 +296,7 @@ class JsonParser {
     return u;
   }
 
-  static void put_utf8(std::string& out, std::uint32_t cp) {
-    if (cp < 0x80) {
-      out += static_cast<char>(cp);
-    } else if (cp < 0x800) {
-      out += static_cast<char>(0xC0 | (cp >> 6));
-      out += static_cast<char>(0x80 | (cp & 0x3F));
-    } else if (cp < 0x10000) {
-      out += static_cast<char>(0xE0 | (cp >> 12));
-      out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-      out += static_cast<char>(0x80 | (cp & 0x3F));
-    } else {
-      out += static_cast<char>(0xF0 | (cp >> 18));
-      out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-      out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-      out += static_cast<char>(0x80 | (cp & 0x3F));
-    }
-  }
+  static void put_utf8(std::string& out, std::uint32_t cp) { mc::detail::encode_utf8(out, cp); }
 
   // Copies one well-formed UTF-8 sequence (RFC 3629: no overlongs, no surrogates, <= U+10FFFF).
   void utf8_sequence(std::string& out) {

@@ -1,0 +1,30 @@
+// SPDX-License-Identifier: Apache-2.0
+// UTF-8 encoding of one code point, shared by the JSON reader (escapes) and the corpus cleaner
+// (entities). Callers decide what to do with invalid code points before encoding.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace mc::detail {
+
+/// Appends the UTF-8 encoding of `cp` (<= 0x10FFFF) to `out`.
+inline void encode_utf8(std::string& out, std::uint32_t cp) {
+  if (cp < 0x80) {
+    out += static_cast<char>(cp);
+  } else if (cp < 0x800) {
+    out += static_cast<char>(0xC0 | (cp >> 6));
+    out += static_cast<char>(0x80 | (cp & 0x3F));
+  } else if (cp < 0x10000) {
+    out += static_cast<char>(0xE0 | (cp >> 12));
+    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+    out += static_cast<char>(0x80 | (cp & 0x3F));
+  } else {
+    out += static_cast<char>(0xF0 | (cp >> 18));
+    out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
+    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+    out += static_cast<char>(0x80 | (cp & 0x3F));
+  }
+}
+
+}  // namespace mc::detail
