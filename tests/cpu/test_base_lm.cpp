@@ -8,22 +8,9 @@
 #include <megacontext/train/base_lm.hpp>
 
 #include <cmath>
-#include <filesystem>
-#include <fstream>
-#include <sstream>
 
+#include "common/license_text.hpp"
 #include "common/random.hpp"
-
-namespace {
-
-std::string read_text(const std::filesystem::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  std::ostringstream s;
-  s << f.rdbuf();
-  return s.str();
-}
-
-}  // namespace
 
 TEST_CASE("base_lm: the unigram baseline is the add-one smoothed cross-entropy") {
   const std::vector<mc::TokenId> train = {0, 0, 1}, valid = {0, 1};
@@ -34,32 +21,13 @@ TEST_CASE("base_lm: the unigram baseline is the add-one smoothed cross-entropy")
 
 TEST_CASE("base_lm: a tiny decoder trained on real text beats the unigram baseline clearly") {
   INFO(mc::test::seed_info());
-  const std::filesystem::path dir = "/usr/share/common-licenses";
-  std::string text;
-  for (const char* name : {"GPL-3", "GPL-2", "LGPL-2.1", "Apache-2.0", "LGPL-3", "MPL-2.0", "GFDL-1.3"})
-    if (std::filesystem::exists(dir / name)) text += read_text(dir / name) + "\n";
-  if (text.size() < 50'000) {
-    MESSAGE("license texts not found under ", dir, ": skipping");
-    return;
-  }
-  // 90% / 10% split by position.
-  const std::size_t cut = text.size() * 9 / 10;
-  auto tok = mc::Tokenizer::train(std::string_view(text).substr(0, cut), {.vocab_size = 384});
-  const auto train = tok.encode(std::string_view(text).substr(0, cut));
-  const auto valid = tok.encode(std::string_view(text).substr(cut));
-
-  mc::reference::LlamaOptions o;
-  o.d_model = 48;
-  o.n_layers = 2;
-  o.n_heads = 4;
-  o.d_ff = 128;
-  o.n_vocab = tok.vocab_size();
-  auto model = mc::reference::LlamaModel<float>::random(o, mc::test::base_seed());
-  mc::train::BaseLmOptions t;
-  t.seq_len = 48;
-  t.batch = 4;
-  t.schedule = {3e-3, 3e-4, 20, 400};
-  t.adamw.weight_decay = 0.01;
+  auto corpus = mc::test::license_corpus();
+  if (!corpus) return;
+  const auto& train = corpus->train;
+  const auto& valid = corpus->valid;
+  auto model = mc::test::tiny_decoder(corpus->tokenizer.vocab_size());
+  const auto& o = model.options();
+  const mc::train::BaseLmOptions t = mc::test::tiny_decoder_training();
   mc::train::BaseLmTrainer<float> trainer(model, t);
 
   const double unigram = mc::train::unigram_nll(train, valid, o.n_vocab);

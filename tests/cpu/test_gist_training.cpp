@@ -4,49 +4,22 @@
 // spans better than mean pooling, the parameter-free baseline.
 #include <doctest/doctest.h>
 
-#include <megacontext/tokenizer.hpp>
 #include <megacontext/train/base_lm.hpp>
 #include <megacontext/train/gist_training.hpp>
 
-#include <filesystem>
-#include <fstream>
-#include <sstream>
 
+#include "common/license_text.hpp"
 #include "common/random.hpp"
 
 TEST_CASE("gist training: learned gists beat mean pooling on held-out text (ΔNLL@H)") {
   INFO(mc::test::seed_info());
-  const std::filesystem::path dir = "/usr/share/common-licenses";
-  std::string text;
-  for (const char* name : {"GPL-3", "GPL-2", "LGPL-2.1", "Apache-2.0", "LGPL-3", "MPL-2.0", "GFDL-1.3"}) {
-    std::ifstream f(dir / name, std::ios::binary);
-    std::ostringstream s;
-    s << f.rdbuf();
-    text += s.str() + "\n";
-  }
-  if (text.size() < 50'000) {
-    MESSAGE("license texts not found under ", dir, ": skipping");
-    return;
-  }
-  const std::size_t cut = text.size() * 9 / 10;
-  auto tok = mc::Tokenizer::train(std::string_view(text).substr(0, cut), {.vocab_size = 384});
-  const auto train = tok.encode(std::string_view(text).substr(0, cut));
-  const auto valid = tok.encode(std::string_view(text).substr(cut));
-
+  auto corpus = mc::test::license_corpus();
+  if (!corpus) return;
+  const auto& train = corpus->train;
+  const auto& valid = corpus->valid;
   // The frozen base model.
-  mc::reference::LlamaOptions o;
-  o.d_model = 48;
-  o.n_layers = 2;
-  o.n_heads = 4;
-  o.d_ff = 128;
-  o.n_vocab = tok.vocab_size();
-  auto model = mc::reference::LlamaModel<float>::random(o, mc::test::base_seed());
-  mc::train::BaseLmOptions bo;
-  bo.seq_len = 48;
-  bo.batch = 4;
-  bo.schedule = {3e-3, 3e-4, 20, 400};
-  bo.adamw.weight_decay = 0.01;
-  mc::train::BaseLmTrainer<float> base(model, bo);
+  auto model = mc::test::tiny_decoder(corpus->tokenizer.vocab_size());
+  mc::train::BaseLmTrainer<float> base(model, mc::test::tiny_decoder_training());
   for (int s = 0; s < 400; ++s) base.step(train);
 
   // GistNet over K = 8 tokens, started at the scale of the token embeddings.
