@@ -54,4 +54,20 @@ inline double grad_check(const std::string& what, const std::function<double()>&
   return worst;
 }
 
+/// Max over entries of |a − b| / max(|a|, |b|, 1e-3·max|a|) (NaN-propagating): entries far below
+/// the tensor's scale are compared in absolute terms, as a value near 0 has no relative precision.
+inline double max_rel_diff(const Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>& a,
+                           const Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>& b) {
+  REQUIRE(a.rows() == b.rows());
+  REQUIRE(a.cols() == b.cols());
+  const double floor = 1e-3 * a.cwiseAbs().maxCoeff();
+  double worst = 0.0;
+  for (Eigen::Index i = 0; i < a.size(); ++i) {
+    const double x = a.data()[i], y = b.data()[i];
+    const double e = std::abs(x - y) / std::max({std::abs(x), std::abs(y), floor, 1e-300});
+    if (!(e <= worst)) worst = e;
+  }
+  return worst;
+}
+
 }  // namespace mc::test

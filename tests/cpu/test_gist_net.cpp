@@ -39,19 +39,7 @@ Mat random_normal(Eigen::Index rows, Eigen::Index cols, std::uint64_t salt, doub
   return m;
 }
 
-// Max over entries of |a − b| / max(|a|, |b|, 1e-3·max|a|) (NaN-propagating).
-double max_rel_diff(const Mat& a, const Mat& b) {
-  REQUIRE(a.rows() == b.rows());
-  REQUIRE(a.cols() == b.cols());
-  const double floor = 1e-3 * a.cwiseAbs().maxCoeff();
-  double worst = 0.0;
-  for (Eigen::Index i = 0; i < a.size(); ++i) {
-    const double x = a.data()[i], y = b.data()[i];
-    const double e = std::abs(x - y) / std::max({std::abs(x), std::abs(y), floor, 1e-300});
-    if (!(e <= worst)) worst = e;
-  }
-  return worst;
-}
+using mc::test::max_rel_diff;
 
 // max |a − b| / max |a|: the error relative to the tensor's scale (for fp32 results, where an
 // entry near 0 has no relative precision of its own).

@@ -105,20 +105,7 @@ ref::LlamaOptions tiny_options() {
   return o;
 }
 
-// Max over entries of |a − b| / max(|a|, |b|, 1e-3·max|a|) (NaN-propagating): entries far below
-// the tensor's scale are compared in absolute terms, as a logit near 0 has no relative precision.
-double max_rel_diff(const Mat& a, const Mat& b) {
-  REQUIRE(a.rows() == b.rows());
-  REQUIRE(a.cols() == b.cols());
-  const double floor = 1e-3 * a.cwiseAbs().maxCoeff();
-  double worst = 0.0;
-  for (Eigen::Index i = 0; i < a.size(); ++i) {
-    const double x = a.data()[i], y = b.data()[i];
-    const double e = std::abs(x - y) / std::max({std::abs(x), std::abs(y), floor, 1e-300});
-    if (!(e <= worst)) worst = e;
-  }
-  return worst;
-}
+using mc::test::max_rel_diff;
 
 // A naive decoder written from the definition, plain RoPE (position i for row i, no σ), causal,
 // with its own cos/sin: the independent oracle for the σ = 0 invariant.
