@@ -23,6 +23,7 @@
 #include "megacontext/gister.hpp"
 #include "megacontext/reference/attention.hpp"
 #include "megacontext/reference/llama.hpp"
+#include "megacontext/reference/init.hpp"
 #include "megacontext/reference/rmsnorm.hpp"
 #include "megacontext/reference/swiglu.hpp"
 
@@ -158,22 +159,13 @@ struct GistNetWeights {
   /// init_std/√(2·n_layers) (GPT-2's scaling). Draws in fp64, so float and double agree.
   static GistNetWeights random(const GistNetOptions& o, std::uint64_t seed) {
     GistNetWeights w = zeros(o);
-    std::mt19937_64 rng(seed);
-    std::normal_distribution<double> normal(0.0, 1.0);
-    const double resid_std = o.init_std / std::sqrt(2.0 * static_cast<double>(o.n_layers));
-    w.for_each_parameter([&](const std::string& name, Scalar* p, Eigen::Index size) {
-      const bool out = name.ends_with("out_norm");
-      const bool gain = name.find("norm") != std::string::npos;
+    const double resid_std = reference::residual_std(o.init_std, o.n_layers);
+    reference::init_parameters<Scalar>(w, seed, [&](const std::string& name) {
+      if (name.ends_with("out_norm")) return reference::InitRule{true, o.out_gain};
+      if (name.find("norm") != std::string::npos) return reference::InitRule{true, 1.0};
+      // The pooling MLP's pool.w2 is not a residual projection: match the block's names only.
       const bool resid = name.ends_with("attn.wo") || name.ends_with("mlp.w2");
-      for (Eigen::Index i = 0; i < size; ++i) {
-        if (out) {
-          p[i] = static_cast<Scalar>(o.out_gain);
-        } else if (gain) {
-          p[i] = Scalar(1);
-        } else {
-          p[i] = static_cast<Scalar>((resid ? resid_std : o.init_std) * normal(rng));
-        }
-      }
+      return reference::InitRule{false, resid ? resid_std : o.init_std};
     });
     return w;
   }

@@ -22,6 +22,7 @@
 #include "megacontext/detail/eigen.hpp"
 #include "megacontext/error.hpp"
 #include "megacontext/gister.hpp"
+#include "megacontext/reference/init.hpp"
 #include "megacontext/reference/rmsnorm.hpp"
 #include "megacontext/reference/swiglu.hpp"
 
@@ -124,17 +125,12 @@ struct LensNetWeights {
   /// except the residual projections wo and w2 (init_std/√(2·n_layers), GPT-2's scaling).
   static LensNetWeights random(const LensNetOptions& o, std::uint64_t seed) {
     LensNetWeights w = zeros(o);
-    std::mt19937_64 rng(seed);
-    std::normal_distribution<double> normal(0.0, 1.0);
-    const double resid_std = o.init_std / std::sqrt(2.0 * static_cast<double>(o.n_layers));
-    w.for_each_parameter([&](const std::string& name, Scalar* p, Eigen::Index size) {
-      const bool gain = name.find("norm") != std::string::npos;
-      const bool bias = name.starts_with("b_");
+    const double resid_std = reference::residual_std(o.init_std, o.n_layers);
+    reference::init_parameters<Scalar>(w, seed, [&](const std::string& name) {
+      if (name.find("norm") != std::string::npos) return reference::InitRule{true, 1.0};
+      if (name.starts_with("b_")) return reference::InitRule{true, 0.0};
       const bool resid = name.ends_with(".wo") || name.ends_with(".w2");
-      for (Eigen::Index i = 0; i < size; ++i)
-        p[i] = gain   ? Scalar(1)
-               : bias ? Scalar(0)
-                      : static_cast<Scalar>((resid ? resid_std : o.init_std) * normal(rng));
+      return reference::InitRule{false, resid ? resid_std : o.init_std};
     });
     return w;
   }

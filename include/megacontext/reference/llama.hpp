@@ -24,6 +24,7 @@
 #include "megacontext/model.hpp"
 #include "megacontext/pyramid_mask.hpp"
 #include "megacontext/reference/attention.hpp"
+#include "megacontext/reference/init.hpp"
 #include "megacontext/reference/rmsnorm.hpp"
 #include "megacontext/reference/swiglu.hpp"
 
@@ -109,15 +110,11 @@ struct LlamaWeights {
   /// residual projections wo and w2, which get init_std/√(2·n_layers) (GPT-2's scaling).
   static LlamaWeights random(const LlamaOptions& o, std::uint64_t seed) {
     LlamaWeights w = zeros(o);
-    std::mt19937_64 rng(seed);
-    std::normal_distribution<double> normal(0.0, 1.0);
-    const double resid_std = o.init_std / std::sqrt(2.0 * static_cast<double>(o.n_layers));
-    w.for_each_parameter([&](const std::string& name, Scalar* p, Eigen::Index size) {
-      const bool gain = name.find("norm") != std::string::npos;
+    const double resid_std = residual_std(o.init_std, o.n_layers);
+    init_parameters<Scalar>(w, seed, [&](const std::string& name) {
+      if (name.find("norm") != std::string::npos) return InitRule{true, 1.0};
       const bool resid = name.ends_with(".wo") || name.ends_with(".w2");
-      for (Eigen::Index i = 0; i < size; ++i)
-        p[i] =
-            gain ? Scalar(1) : static_cast<Scalar>((resid ? resid_std : o.init_std) * normal(rng));
+      return InitRule{false, resid ? resid_std : o.init_std};
     });
     return w;
   }
