@@ -370,18 +370,30 @@ class DiskStorage {
         table.sync((old_bytes / C) * 4, (new_bytes / C) * 4);
       }
     }
-    // Every data and checksum store above must reach the page cache before the slot does.
-    std::atomic_thread_fence(std::memory_order_seq_cst);
-    const int slot = 1 - slot_index_;
-    unsigned char rec[io::kRecordBytes];
-    io::encode_slot(next, rec);
-    std::memcpy(header_map_ + io::slot_offset(slot), rec, io::kRecordBytes);
-    if (opts_.durability == Durability::kPowerLoss &&
-        ::msync(header_map_, io::kHeaderFileBytes, MS_SYNC) != 0)
-      detail::throw_io("[mc.tree.sync_failed] msync failed on", dir_ / kHeaderName);
-    commit_ = next;
-    slot_index_ = slot;
-    report_ = {next.seq, next.num_tokens, false};
+    write_slot(next);
+  }
+
+  /// Makes the first `num_tokens` tokens (at most the commit in force) the commit in force; the
+  /// next append overwrites what lay past them. Full checksum chunks before the cut stay valid
+  /// (their bytes do not change); only each level's partial tail chunk is checksummed again.
+  /// One slot write, like commit(): a kill leaves either the old or the new state. Readers that
+  /// hold the tree open must refresh() before reading past the new end.
+  void rollback(std::uint64_t num_tokens) {
+    MC_EXPECTS(!read_only(), Errc::kState, "[mc.tree.read_only] cannot roll back ",
+               dir_.string(), ": opened read-only");
+    MC_EXPECTS(num_tokens <= commit_.num_tokens, Errc::kInvalidArgument,
+               "[mc.tree.bad_truncate] rollback to ", num_tokens, " tokens is above the commit (",
+               commit_.num_tokens, ")");
+    io::CommitSlot next;
+    next.seq = commit_.seq + 1;
+    next.num_tokens = num_tokens;
+    const std::uint64_t C = layout_.chunk_bytes;
+    for (std::uint32_t l = 0; l <= layout_.depth; ++l) {
+      const std::uint64_t bytes = layout_.level_bytes(static_cast<int>(l), num_tokens);
+      const std::uint64_t full = (bytes / C) * C;
+      next.tail_crc[l] = mc::detail::crc32c(data_[l].base() + full, bytes - full);
+    }
+    write_slot(next);
   }
 
   /// Checks every committed byte of every level against its CRC-32C; throws FormatError naming
@@ -441,6 +453,21 @@ class DiskStorage {
     std::swap(data_, o.data_);
     std::swap(crc_, o.crc_);
     std::swap(opened_, o.opened_);
+  }
+
+  // Publishes `next` in the inactive slot (after every data and checksum store before it).
+  void write_slot(const io::CommitSlot& next) {
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    const int slot = 1 - slot_index_;
+    unsigned char rec[io::kRecordBytes];
+    io::encode_slot(next, rec);
+    std::memcpy(header_map_ + io::slot_offset(slot), rec, io::kRecordBytes);
+    if (opts_.durability == Durability::kPowerLoss &&
+        ::msync(header_map_, io::kHeaderFileBytes, MS_SYNC) != 0)
+      detail::throw_io("[mc.tree.sync_failed] msync failed on", dir_ / kHeaderName);
+    commit_ = next;
+    slot_index_ = slot;
+    report_ = {next.seq, next.num_tokens, false};
   }
 
   void read_header_records(unsigned char* buf) const {

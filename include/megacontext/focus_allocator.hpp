@@ -95,6 +95,13 @@ class FocusAllocator {
   const FocusOptions& options() const { return opts_; }
   /// Number of the next step.
   std::int32_t step_number() const { return step_; }
+  /// Continues the step numbering of a saved session at `step` (cooldowns compare it with the
+  /// entries' changed_at, so a resumed session must restore both).
+  void resume_at(std::int32_t step) {
+    MC_EXPECTS(step >= 0, Errc::kInvalidArgument, "[mc.focus.bad_step] resume_at(", step,
+               "); must be >= 0");
+    step_ = step;
+  }
   /// The policy object.
   Policy& policy() { return policy_; }
 

@@ -176,6 +176,21 @@ class Tree {
     storage_.commit(static_cast<std::uint64_t>(new_n));
   }
 
+  /// Drops the tokens from `num_tokens` on and every gist whose span reaches past them, and
+  /// commits that; gists of spans that end before the cut are kept untouched, so appending
+  /// again rebuilds only the gists the change affects. Crash-safe like append(): after a kill
+  /// the tree holds either the old or the truncated history. Throws mc::Error
+  /// ([mc.tree.bad_truncate]) for a count outside [0, num_tokens()].
+  void truncate(std::int64_t num_tokens) {
+    MC_EXPECTS(!storage_.read_only(), Errc::kState,
+               "[mc.tree.read_only] cannot truncate: the tree was opened read-only");
+    MC_EXPECTS(num_tokens >= 0 && num_tokens <= this->num_tokens(), Errc::kInvalidArgument,
+               "[mc.tree.bad_truncate] truncate(", num_tokens, ") outside [0, ",
+               this->num_tokens(), "]");
+    storage_.rollback(static_cast<std::uint64_t>(num_tokens));
+    num_tokens_staged_ = num_tokens;
+  }
+
   /// Checks the committed state: storage checksums (disk) and level sizes.
   void verify() const { storage_.verify(); }
 

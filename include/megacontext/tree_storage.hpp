@@ -23,6 +23,7 @@ namespace mc {
 ///  - `reserve(lod, bytes)`: make room for `bytes` bytes in level `lod`, return its base;
 ///  - `commit(num_tokens)`: make the first `num_tokens` tokens and all their complete gists the
 ///    state that survives a crash; bytes written past a commit are ignored until the next one;
+///  - `rollback(num_tokens)`: make a shorter prefix of the commit the commit (Tree::truncate);
 ///  - `verify()`: check the committed bytes (checksums where the storage has them);
 ///  - `read_only()`: whether `reserve` and `commit` are refused.
 template <class S>
@@ -32,6 +33,7 @@ concept TreeStorage = requires(S& s, const S& cs, int lod, std::uint64_t n) {
   { cs.data(lod) } -> std::same_as<const std::byte*>;
   { s.reserve(lod, n) } -> std::same_as<std::byte*>;
   s.commit(n);
+  s.rollback(n);
   cs.verify();
   { cs.read_only() } -> std::convertible_to<bool>;
 };
@@ -60,6 +62,13 @@ class MemoryStorage {
   }
   /// Records `num_tokens` as committed (memory needs no ordering beyond program order).
   void commit(std::uint64_t num_tokens) { committed_ = num_tokens; }
+  /// Makes the first `num_tokens` (at most the commit) the commit; later appends overwrite.
+  void rollback(std::uint64_t num_tokens) {
+    MC_EXPECTS(num_tokens <= committed_, Errc::kInvalidArgument,
+               "[mc.tree.bad_truncate] rollback to ", num_tokens, " tokens is above the commit (",
+               committed_, ")");
+    committed_ = num_tokens;
+  }
   /// Checks that every level holds the bytes the commit needs.
   void verify() const {
     for (std::uint32_t l = 0; l <= layout_.depth; ++l) {

@@ -99,6 +99,24 @@ class WorkingContext {
     begin_patch();
   }
 
+  /// A context with exactly these entries (a saved session's, see session_state.hpp), covering
+  /// `num_tokens` with the evicted gap before `window_begin`. Call validate(tree tokens) before
+  /// use: the entries come from a file, and validate() names the invariant a bad one breaks.
+  static WorkingContext from_state(const WorkingContextOptions& opts,
+                                   std::span<const WcEntry> entries, std::int64_t num_tokens,
+                                   std::int64_t window_begin) {
+    WorkingContext wc(opts);
+    MC_EXPECTS(num_tokens >= 0 && window_begin >= 0 && window_begin <= num_tokens,
+               Errc::kInvalidArgument, "[mc.working_context.bad_state] num_tokens = ",
+               num_tokens, ", window_begin = ", window_begin,
+               "; need 0 <= window_begin <= num_tokens");
+    wc.entries_.assign(entries.begin(), entries.end());
+    wc.end_ = num_tokens;
+    wc.window_begin_ = window_begin;
+    wc.begin_patch();
+    return wc;
+  }
+
   /// The options it was made with.
   const WorkingContextOptions& options() const { return opts_; }
   /// Number of entries.

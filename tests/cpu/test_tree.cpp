@@ -189,3 +189,95 @@ TEST_CASE("tree: bad appends throw and leave the tree unchanged") {
   CHECK_THROWS_WITH_AS(mc::MemoryTree<C>(-1), doctest::Contains("dim = -1"), mc::Error);
   CHECK_THROWS_WITH_AS(mc::MemoryTree<C>(70000), doctest::Contains("dim = 70000"), mc::Error);
 }
+
+namespace {
+
+// A MeanPoolGister that counts the gists it builds per level (to show what truncate keeps).
+template <class C>
+struct CountingGister {
+  mc::MeanPoolGister<C> inner;
+  std::vector<std::int64_t> built = std::vector<std::int64_t>(C::Depth + 1, 0);
+  std::int64_t dim() const { return inner.dim(); }
+  std::int64_t vocab() const { return inner.vocab(); }
+  void embed(const mc::TokenId* ids, std::int64_t n, typename C::Scalar* out) {
+    inner.embed(ids, n, out);
+  }
+  void gist(int lod, const typename C::Scalar* in, std::int64_t n, typename C::Scalar* out) {
+    built[static_cast<std::size_t>(lod)] += n;
+    inner.gist(lod, in, n, out);
+  }
+};
+
+}  // namespace
+
+TEST_CASE_TEMPLATE("tree: truncate then append equals a tree built from the new content, and "
+                   "rebuilds only the gists past the cut",
+                   TreeT, mc::MemoryTree<mc::Config<4, 3>>, mc::DiskTree<mc::Config<4, 3>>) {
+  using C = typename TreeT::Config;
+  INFO(mc::test::seed_info());
+  auto rng = mc::test::rng(31);
+  const std::int64_t vocab = 50, d = 3;
+  CountingGister<C> g{mc::MeanPoolGister<C>::random(vocab, d, 5)};
+  Maker<TreeT> maker("truncate");
+  for (int trial = 0; trial < 40; ++trial) {
+    const std::int64_t n = std::uniform_int_distribution<std::int64_t>(0, 300)(rng);
+    const std::int64_t cut = std::uniform_int_distribution<std::int64_t>(0, n)(rng);
+    const std::int64_t added = std::uniform_int_distribution<std::int64_t>(0, 200)(rng);
+    INFO("n = ", n, ", cut = ", cut, ", added = ", added);
+    const auto old_ids = mc::test::stream_tokens(0, n, vocab);
+    // The replacement differs from the old stream right from the cut.
+    auto new_ids = std::vector<mc::TokenId>(old_ids.begin(), old_ids.begin() + cut);
+    const auto tail = mc::test::stream_tokens(1000000 + cut, 1000000 + cut + added, vocab);
+    new_ids.insert(new_ids.end(), tail.begin(), tail.end());
+
+    auto tree = maker.make(d);
+    tree.append(old_ids, g);
+    const std::vector<std::int64_t> before = g.built;
+    tree.truncate(cut);
+    CHECK(tree.num_tokens() == cut);
+    for (int l = 1; l <= C::Depth; ++l) CHECK(tree.level_size(l) == mc::Lod<C>::level_size(cut, l));
+    tree.append(tail, g);
+    tree.verify();
+    for (int l = 1; l <= C::Depth; ++l) {
+      // Only the gists whose span reaches past the cut were built again.
+      CHECK(g.built[static_cast<std::size_t>(l)] - before[static_cast<std::size_t>(l)] ==
+            mc::Lod<C>::level_size(cut + added, l) - mc::Lod<C>::level_size(cut, l));
+    }
+    auto fresh = maker.make(d);
+    fresh.append(new_ids, g);
+    REQUIRE(tree.num_tokens() == fresh.num_tokens());
+    const auto a = tree.tokens(0, tree.num_tokens()), b = fresh.tokens(0, fresh.num_tokens());
+    CHECK(std::equal(a.begin(), a.end(), b.begin(), b.end()));
+    for (int l = 1; l <= C::Depth; ++l)
+      CHECK(tree.gists(l, 0, tree.level_size(l)) == fresh.gists(l, 0, fresh.level_size(l)));
+  }
+}
+
+TEST_CASE("tree: a truncated disk tree reopens as truncated and continues") {
+  using C = mc::Config<4, 2>;
+  TempDir dir("truncate_reopen");
+  auto g = mc::MeanPoolGister<C>::random(40, 2, 9);
+  const auto ids = mc::test::stream_tokens(0, 500, 40);
+  {
+    auto tree = mc::DiskTree<C>::create(dir / "t", 2);
+    tree.append(ids, g);
+    tree.truncate(123);
+    CHECK_THROWS_WITH_AS(tree.truncate(124), doctest::Contains("[mc.tree.bad_truncate]"),
+                         mc::Error);
+    CHECK_THROWS_WITH_AS(tree.truncate(-1), doctest::Contains("[mc.tree.bad_truncate]"),
+                         mc::Error);
+  }
+  {
+    auto tree = mc::DiskTree<C>::open(dir / "t");
+    tree.verify();
+    CHECK(tree.num_tokens() == 123);
+    tree.append(std::span(ids).subspan(123), g);
+  }
+  auto tree = mc::DiskTree<C>::open(dir / "t", {.read_only = true});
+  tree.verify();
+  CHECK(tree.num_tokens() == 500);
+  auto whole = mc::MemoryTree<C>(2);
+  whole.append(ids, g);
+  for (int l = 1; l <= C::Depth; ++l)
+    CHECK(tree.gists(l, 0, tree.level_size(l)) == whole.gists(l, 0, whole.level_size(l)));
+}

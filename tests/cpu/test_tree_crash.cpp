@@ -168,3 +168,75 @@ TEST_CASE("tree crash: a reader opening while a writer appends always sees a con
   CHECK(opens >= 20);
   CHECK(last > 0);
 }
+
+namespace {
+
+// Child body for the truncation test: appends and truncations of the same stream (so the content
+// is always a prefix of it). Before a truncate it sends the target as -(target + 1) (an intent:
+// a kill may land before or after it takes effect), after any returned call the new count.
+[[noreturn]] void truncating_child(const std::filesystem::path& dir, int ack_fd,
+                                   std::uint64_t seed) {
+  try {
+    auto g = gister();
+    auto tree = mc::DiskTree<C>::open(dir, {.verify = mc::Verify::kCommitOnly});
+    std::mt19937_64 rng(seed);
+    for (;;) {
+      std::int64_t n = tree.num_tokens();
+      if (rng() % 3 == 0 && n > 0) {
+        const std::int64_t target = n - static_cast<std::int64_t>(rng() % std::min<std::int64_t>(n + 1, 200));
+        const std::int64_t intent = -(target + 1);
+        if (::write(ack_fd, &intent, sizeof intent) != sizeof intent) ::_exit(4);
+        tree.truncate(target);
+        n = target;
+      } else if (n < 40'000) {
+        const std::int64_t len = static_cast<std::int64_t>(1 + rng() % 90);
+        tree.append(mc::test::stream_tokens(n, n + len, kVocab), g);
+        n += len;
+      }
+      if (::write(ack_fd, &n, sizeof n) != sizeof n) ::_exit(4);
+    }
+  } catch (...) {
+    ::_exit(3);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("tree crash: SIGKILLs during truncations leave the old or the truncated tree") {
+  INFO(mc::test::seed_info());
+  mc::test::TempDir dir("crash_truncate");
+  const auto path = dir / "t";
+  { auto t = mc::DiskTree<C>::create(path, kDim); }
+  auto rng = mc::test::rng(123);
+  int kills = 0, round = 0;
+  for (; kills < 60 && round < 200; ++round) {
+    int fds[2];
+    REQUIRE(::pipe(fds) == 0);
+    const std::uint64_t seed = rng();
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      ::close(fds[0]);
+      truncating_child(path, fds[1], seed);
+    }
+    ::close(fds[1]);
+    std::this_thread::sleep_for(std::chrono::microseconds(rng() % 6000));
+    ::kill(pid, SIGKILL);
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    REQUIRE_MESSAGE(!(WIFEXITED(status) && WEXITSTATUS(status) != 0),
+                    "writer failed with exit code ", WEXITSTATUS(status));
+    if (WIFSIGNALED(status)) ++kills;
+    // The tree may hold no fewer tokens than the last returned call left, except that a
+    // truncation in flight may have landed.
+    std::int64_t floor = -1, v = 0;
+    while (::read(fds[0], &v, sizeof v) == sizeof v) floor = v >= 0 ? v : std::min(floor, -v - 1);
+    ::close(fds[0]);
+    auto tree = mc::DiskTree<C>::open(path, {.read_only = true});  // full checksum check
+    INFO("round ", round, ": floor ", floor, ", reopened with ", tree.num_tokens());
+    REQUIRE(tree.num_tokens() >= floor);
+    check_tree_content(tree, 0);
+  }
+  MESSAGE(round, " rounds, ", kills, " SIGKILLs landed while the writer ran");
+  CHECK(kills == 60);
+}

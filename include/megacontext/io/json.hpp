@@ -391,8 +391,10 @@ inline JsonValue parse_json(std::string_view text, const JsonLimits& limits = {}
   return JsonParser(text, limits).parse();
 }
 
-/// True when `s` is well-formed UTF-8 (RFC 3629), i.e. parse_json would accept it in a string.
-inline bool is_valid_utf8(std::string_view s) noexcept {
+/// Byte offset of the first byte of `s` that does not start a well-formed UTF-8 sequence
+/// (RFC 3629: no overlongs, no surrogates, <= U+10FFFF), or std::string_view::npos when `s` is
+/// well-formed.
+inline std::size_t first_invalid_utf8(std::string_view s) noexcept {
   for (std::size_t i = 0; i < s.size();) {
     const auto c = static_cast<unsigned char>(s[i]);
     int n = 0;
@@ -407,18 +409,23 @@ inline bool is_valid_utf8(std::string_view s) noexcept {
     } else if (c >= 0xF0 && c <= 0xF4) {
       n = 3, cp = c & 0x07u, min = 0x10000;
     } else {
-      return false;
+      return i;
     }
-    if (s.size() - i <= static_cast<std::size_t>(n)) return false;
+    if (s.size() - i <= static_cast<std::size_t>(n)) return i;
     for (int k = 1; k <= n; ++k) {
       const auto b = static_cast<unsigned char>(s[i + static_cast<std::size_t>(k)]);
-      if ((b & 0xC0) != 0x80) return false;
+      if ((b & 0xC0) != 0x80) return i;
       cp = (cp << 6) | (b & 0x3Fu);
     }
-    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return false;
+    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return i;
     i += static_cast<std::size_t>(n) + 1;
   }
-  return true;
+  return std::string_view::npos;
+}
+
+/// True when `s` is well-formed UTF-8 (RFC 3629), i.e. parse_json would accept it in a string.
+inline bool is_valid_utf8(std::string_view s) noexcept {
+  return first_invalid_utf8(s) == std::string_view::npos;
 }
 
 /// Appends `s` (valid UTF-8) to `out` as a JSON string literal: quotes, `\"`, `\\`, and

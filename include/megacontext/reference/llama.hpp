@@ -319,6 +319,16 @@ class LlamaModel {
   /// Rows decoded since begin_decode().
   std::int64_t num_decoded() const { return num_decoded_; }
 
+  /// Forgets every decoded row from `rows` on (keys and values of rows [0, rows) stay valid,
+  /// since in a causal model they never depend on later rows). A runtime whose context changed
+  /// from row `rows` on decodes only the changed rows again.
+  void rewind_decode(std::int64_t rows) {
+    MC_EXPECTS(rows >= 0 && rows <= num_decoded_, Errc::kInvalidArgument,
+               "[mc.llama.bad_rewind] rewind_decode(", rows, ") with ", num_decoded_,
+               " rows decoded; must be in [0, num_decoded()]");
+    num_decoded_ = rows;
+  }
+
   /// Appends one row, `embedding` [d] at `position`, attending every earlier row (causal), and
   /// writes its logits [V]: the same values as row num_decoded() of a causal forward over all
   /// rows so far, up to rounding.
