@@ -4,6 +4,7 @@
 #pragma once
 
 #include "megacontext/device_assemble.cuh"
+#include "megacontext/device_attention.cuh"
 #include "megacontext/device_gist_pool.cuh"
 #include "megacontext/device_rope.cuh"
 #include "megacontext/dispatch.cuh"

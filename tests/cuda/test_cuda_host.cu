@@ -138,3 +138,70 @@ TEST_CASE("cuda apply_gaussian_rope: bad arguments throw mc::Error before any la
                        doctest::Contains("[mc.gaussian_rope.aliasing]"), mc::Error);
   CHECK(mc::cuda::apply_gaussian_rope(nullptr, nullptr, nullptr, 0, 2, o, nullptr) == cudaSuccess);
 }
+
+TEST_CASE("cuda attention_forward/backward: bad arguments throw mc::Error before any launch") {
+  // 1 sequence x 4 rows x 2 heads x 64 = 512 floats (2 KiB) per buffer; 1 MiB apart.
+  float* b[9];
+  for (int i = 0; i < 9; ++i) b[i] = fake_device_ptr(0x100000u * (i + 1));
+  float *q = b[0], *k = b[1], *v = b[2], *o = b[3], *lse = b[4], *d_o = b[5];
+  float *dq = b[6], *dk = b[7], *dv = b[8];
+  void* ws = fake_device_ptr(0x1000000);
+  using mc::cuda::attention_backward;
+  using mc::cuda::attention_forward;
+  CHECK_THROWS_WITH_AS(
+      attention_forward(q, k, v, o, lse, 1, 4, 2, 96),
+      doctest::Contains("`d_head = 96` is not compiled in; supported: {64, 128, 256}"), mc::Error);
+  CHECK_THROWS_WITH_AS(attention_forward(q, k, v, o, lse, 1, -1, 2, 64),
+                       doctest::Contains("[mc.attention.bad_shape]"), mc::Error);
+  CHECK_THROWS_WITH_AS(attention_forward(q, k, v, o, lse, -1, 4, 2, 64),
+                       doctest::Contains("batch = -1"), mc::Error);
+  CHECK_THROWS_WITH_AS(attention_forward(q, k, v, o, lse, 1, 4, 0, 64),
+                       doctest::Contains("n_heads = 0"), mc::Error);
+  CHECK_THROWS_WITH_AS(attention_forward(q, k, v, o, lse, 70000, 4, 1, 64),
+                       doctest::Contains("batch * n_heads <= 65535"), mc::Error);
+  CHECK_THROWS_WITH_AS(attention_forward(q, nullptr, v, o, lse, 1, 4, 2, 64),
+                       doctest::Contains("[mc.attention.null_pointer]"), mc::Error);
+  CHECK_THROWS_WITH_AS(attention_forward(q, k, v, q, lse, 1, 4, 2, 64),
+                       doctest::Contains("[mc.attention.aliasing]"), mc::Error);
+  CHECK_THROWS_WITH_AS(attention_forward(q, k, v, o, o + 100, 1, 4, 2, 64),
+                       doctest::Contains("[mc.attention.aliasing]"), mc::Error);
+  CHECK_THROWS_WITH_AS(attention_forward(q + 1, k, v, o, lse, 1, 4, 2, 64),
+                       doctest::Contains("[mc.attention.misaligned]"), mc::Error);
+  CHECK(attention_forward(nullptr, nullptr, nullptr, nullptr, nullptr, 0, 4, 2, 64) ==
+        cudaSuccess);
+  CHECK(attention_forward(nullptr, nullptr, nullptr, nullptr, nullptr, 3, 0, 2, 64) ==
+        cudaSuccess);
+
+  // Workspace: delta [batch, n_heads, n] in fp32, padded to 256 bytes.
+  CHECK(mc::cuda::attention_backward_workspace_bytes(2, 100, 3, 64) == 2560);
+  CHECK(mc::cuda::attention_backward_workspace_bytes(0, 100, 3, 64) == 0);
+  CHECK_THROWS_WITH_AS(mc::cuda::attention_backward_workspace_bytes(1, -4, 2, 64),
+                       doctest::Contains("[mc.attention.bad_shape]"), mc::Error);
+  const std::size_t need = mc::cuda::attention_backward_workspace_bytes(1, 4, 2, 64);
+  CHECK(need == 256);
+  CHECK_THROWS_WITH_AS(
+      attention_backward(q, k, v, o, lse, d_o, dq, dk, dv, ws, need, 1, 4, 2, 32),
+      doctest::Contains("`d_head = 32` is not compiled in"), mc::Error);
+  CHECK_THROWS_WITH_AS(
+      attention_backward(q, k, v, o, lse, d_o, dq, dk, dv, ws, need - 4, 1, 4, 2, 64),
+      doctest::Contains("[mc.attention.workspace_too_small] attention_backward: workspace_bytes "
+                        "= 252, need 256"),
+      mc::Error);
+  CHECK_THROWS_WITH_AS(
+      attention_backward(q, k, v, o, lse, d_o, dq, dk, dv, nullptr, need, 1, 4, 2, 64),
+      doctest::Contains("[mc.attention.null_pointer]"), mc::Error);
+  CHECK_THROWS_WITH_AS(
+      attention_backward(q, k, v, o, lse, nullptr, dq, dk, dv, ws, need, 1, 4, 2, 64),
+      doctest::Contains("[mc.attention.null_pointer]"), mc::Error);
+  CHECK_THROWS_WITH_AS(attention_backward(q, k, v, o, lse, d_o, dq, dq, dv, ws, need, 1, 4, 2, 64),
+                       doctest::Contains("[mc.attention.aliasing]"), mc::Error);
+  CHECK_THROWS_WITH_AS(attention_backward(q, k, v, o, lse, d_o, q, dk, dv, ws, need, 1, 4, 2, 64),
+                       doctest::Contains("[mc.attention.aliasing]"), mc::Error);
+  CHECK_THROWS_WITH_AS(attention_backward(q, k, v, o, lse, d_o, dq, dk, dv, dv, need, 1, 4, 2, 64),
+                       doctest::Contains("[mc.attention.aliasing]"), mc::Error);
+  CHECK_THROWS_WITH_AS(
+      attention_backward(q, k, v, o, lse, d_o, dq + 2, dk, dv, ws, need, 1, 4, 2, 64),
+      doctest::Contains("[mc.attention.misaligned]"), mc::Error);
+  CHECK(attention_backward(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
+                           nullptr, nullptr, 0, 1, 0, 2, 64) == cudaSuccess);
+}
