@@ -5,7 +5,10 @@
 
 #include "megacontext/device_assemble.cuh"
 #include "megacontext/device_attention.cuh"
+#include "megacontext/device_focus_select.cuh"
 #include "megacontext/device_gist_pool.cuh"
+#include "megacontext/device_pyramid_bsr.cuh"
 #include "megacontext/device_rope.cuh"
+#include "megacontext/device_tree_gisting.cuh"
 #include "megacontext/dispatch.cuh"
 #include "megacontext/error.cuh"

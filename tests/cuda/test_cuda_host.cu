@@ -205,3 +205,68 @@ TEST_CASE("cuda attention_forward/backward: bad arguments throw mc::Error before
   CHECK(attention_backward(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
                            nullptr, nullptr, 0, 1, 0, 2, 64) == cudaSuccess);
 }
+
+TEST_CASE("focus_select: bad parameters and an over-budget context throw before any launch") {
+  using C = mc::Config<4, 2>;
+  mc::cuda::FocusSelectParams p;
+  p.num_entries = 10;
+  p.max_edits = -1;
+  std::size_t bytes = 0;
+  const auto select = [&] {
+    return mc::cuda::focus_select<C, mc::GreedyThreshold>(nullptr, bytes, nullptr, nullptr, p,
+                                                          nullptr, nullptr);
+  };
+  CHECK_THROWS_WITH_AS(select(), doctest::Contains("[mc.focus_select.bad_params]"), mc::Error);
+  p.max_edits = 4;
+  p.first_pos = 11;
+  CHECK_THROWS_WITH_AS(select(), doctest::Contains("first_pos = 11"), mc::Error);
+  p.first_pos = 0;
+  p.expand_threshold = -0.1f;
+  CHECK_THROWS_WITH_AS(select(), doctest::Contains("expand_threshold = -0.1"), mc::Error);
+  p.expand_threshold = 0.25f;
+  // With a workspace, null buffers are refused before anything is enqueued.
+  CHECK_THROWS_WITH_AS(
+      (mc::cuda::focus_select<C, mc::GreedyThreshold>(fake_device_ptr(256), bytes, nullptr,
+                                                      nullptr, p, nullptr, nullptr)),
+      doctest::Contains("[mc.focus_select.null_pointer]"), mc::Error);
+  // A context extended past w_max without admit(): the host must restore the budget first.
+  const mc::WorkingContextOptions wo{64, 2};
+  mc::WorkingContext<C> wc(wo);
+  wc.extend(200, 0, 1);
+  mc::FocusOptions fo;
+  fo.recent_tokens = 8;
+  const mc::FocusAllocator<C, mc::BudgetOptimal> alloc(fo, wo);
+  CHECK_THROWS_WITH_AS(mc::cuda::focus_select_params(wc, alloc),
+                       doctest::Contains("[mc.focus_select.over_budget] the context holds 200"),
+                       mc::Error);
+  mc::cuda::FocusSelectResult r;
+  CHECK_NOTHROW(mc::cuda::throw_if_focus_select_failed(r));
+  r.bad_score_index = 5;
+  CHECK_THROWS_WITH_AS(mc::cuda::throw_if_focus_select_failed(r),
+                       doctest::Contains("score of entry 5"), mc::Error);
+}
+
+TEST_CASE("tree gisting: level layout and argument checks before any launch") {
+  using C = mc::Config<8, 3>;
+  const mc::cuda::TreeGistLayout<C> layout(8 * 8 * 8 * 2 + 8 * 8 + 9);  // 1097 tokens
+  CHECK(layout.level_size(1) == 137);
+  CHECK(layout.level_size(2) == 17);
+  CHECK(layout.level_size(3) == 2);
+  CHECK(layout.row_offset(2) == 137);
+  CHECK(layout.total_rows() == 156);
+  CHECK_THROWS_WITH_AS(mc::cuda::TreeGistLayout<C>(-1),
+                       doctest::Contains("[mc.tree_gisting.bad_shape] num_tokens = -1"), mc::Error);
+  CHECK_THROWS_WITH_AS(mc::cuda::build_tree_gists<C>(fake_device_ptr(256), 100, 0,
+                                                     fake_device_ptr(1 << 20)),
+                       doctest::Contains("[mc.tree_gisting.bad_shape]"), mc::Error);
+  CHECK_THROWS_WITH_AS(mc::cuda::build_tree_gists<C>(nullptr, 100, 16, fake_device_ptr(256)),
+                       doctest::Contains("[mc.tree_gisting.null_pointer]"), mc::Error);
+  // Fewer than K tokens: no gist, nothing launched, null buffers allowed.
+  CHECK(mc::cuda::build_tree_gists<C>(nullptr, 7, 16, nullptr) == cudaSuccess);
+  CHECK_THROWS_WITH_AS(mc::cuda::embed_tokens(nullptr, 4, nullptr, 0, 16, nullptr, nullptr),
+                       doctest::Contains("[mc.tree_gisting.bad_shape] embed_tokens"), mc::Error);
+  CHECK_THROWS_WITH_AS(mc::cuda::embed_tokens(nullptr, 4, fake_device_ptr(256), 10, 16,
+                                              fake_device_ptr(512), nullptr),
+                       doctest::Contains("[mc.tree_gisting.null_pointer]"), mc::Error);
+}
+
