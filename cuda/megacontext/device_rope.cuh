@@ -8,7 +8,8 @@
 //
 // Errors as in every facade: bad arguments, including a d_head that is not compiled in, throw
 // mc::Error before any launch; CUDA failures are returned as cudaError_t. No workspace, no
-// allocation, no synchronisation (unless MC_DEBUG_SYNC): graph-capturable.
+// allocation, no synchronisation (unless MC_DEBUG_SYNC): graph-capturable. The backward
+// (apply_gaussian_rope_backward) applies the transpose rotation for the training step.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -24,24 +25,18 @@
 
 namespace mc::cuda {
 
-/// Rotates q or k rows on the GPU. `d_x` and `d_y` are device buffers, row-major
-/// [n, n_heads·d_head] fp32 (head h owns columns [h·d_head, (h+1)·d_head)); `d_positions` [n]
-/// holds each row's (t, σ) in tokens. Band j rotates dims (j, j + d_head/2) of every head by
-/// e^{−½(σω_j)²}·e^{iω_j t}, ω_j = base^(−2j/d_head) (Llama/HF rotate-half pairing). `d_y` may
-/// be `d_x` (in place) but must not partially overlap it. Precondition: every t is finite and
-/// every σ finite and >= 0 (the CPU twin checks this; the device cannot). Supported d_head: the
-/// list mc::HeadDims. Throws mc::Error for a bad option, shape, null or overlapping pointer, or
-/// a d_head that is not compiled in; returns the launch status otherwise.
-inline cudaError_t apply_gaussian_rope(const float* d_x, float* d_y,
-                                       const GaussianPosition* d_positions, std::int64_t n,
-                                       int n_heads, const GaussianRopeOptions& options,
-                                       cudaStream_t stream = 0) {
+namespace detail {
+
+inline cudaError_t launch_gaussian_rope(const float* d_x, float* d_y,
+                                        const GaussianPosition* d_positions, std::int64_t n,
+                                        int n_heads, const GaussianRopeOptions& options,
+                                        bool transpose, cudaStream_t stream) {
   options.validate();
   MC_EXPECTS(n >= 0 && n_heads >= 1, Errc::kInvalidArgument,
              "[mc.gaussian_rope.bad_shape] apply_gaussian_rope(n = ", n, ", n_heads = ", n_heads,
              "): need n >= 0 and n_heads >= 1");
   return mc::dispatch(kHeadDims, "d_head", options.d_head, [&]<int D>() -> cudaError_t {
-    constexpr int kRows = detail::kRopeRowsPerBlock<D>;
+    constexpr int kRows = kRopeRowsPerBlock<D>;
     const std::int64_t blocks = (n + kRows - 1) / kRows;
     MC_EXPECTS(blocks <= std::numeric_limits<int>::max() &&
                    n <= std::numeric_limits<std::int64_t>::max() / 4 / n_heads / D,
@@ -56,11 +51,38 @@ inline cudaError_t apply_gaussian_rope(const float* d_x, float* d_y,
     MC_EXPECTS(x0 == y0 || y0 + bytes <= x0 || x0 + bytes <= y0, Errc::kInvalidArgument,
                "[mc.gaussian_rope.aliasing] d_y partially overlaps d_x; pass d_y == d_x for in "
                "place or disjoint buffers");
-    const detail::GaussianRopeParams p{d_x, d_y, d_positions, n, n_heads, options.base};
-    detail::gaussian_rope_kernel<D>
-        <<<static_cast<unsigned>(blocks), detail::kRopeThreads, 0, stream>>>(p);
-    return detail::after_launch(stream);
+    const GaussianRopeParams p{d_x, d_y, d_positions, n, n_heads, options.base, transpose};
+    gaussian_rope_kernel<D><<<static_cast<unsigned>(blocks), kRopeThreads, 0, stream>>>(p);
+    return after_launch(stream);
   });
+}
+
+}  // namespace detail
+
+/// Rotates q or k rows on the GPU. `d_x` and `d_y` are device buffers, row-major
+/// [n, n_heads·d_head] fp32 (head h owns columns [h·d_head, (h+1)·d_head)); `d_positions` [n]
+/// holds each row's (t, σ) in tokens. Band j rotates dims (j, j + d_head/2) of every head by
+/// e^{−½(σω_j)²}·e^{iω_j t}, ω_j = base^(−2j/d_head) (Llama/HF rotate-half pairing). `d_y` may
+/// be `d_x` (in place) but must not partially overlap it. Precondition: every t is finite and
+/// every σ finite and >= 0 (the CPU twin checks this; the device cannot). Supported d_head: the
+/// list mc::HeadDims. Throws mc::Error for a bad option, shape, null or overlapping pointer, or
+/// a d_head that is not compiled in; returns the launch status otherwise.
+inline cudaError_t apply_gaussian_rope(const float* d_x, float* d_y,
+                                       const GaussianPosition* d_positions, std::int64_t n,
+                                       int n_heads, const GaussianRopeOptions& options,
+                                       cudaStream_t stream = 0) {
+  return detail::launch_gaussian_rope(d_x, d_y, d_positions, n, n_heads, options, false, stream);
+}
+
+/// Backward of apply_gaussian_rope: dL/dx = Rᵀ·dL/dy, the transpose of each row's damped
+/// rotation (the same factor with sin negated, as the CPU reference's attention_backward does).
+/// `d_dy` → `d_dx`, same layout, arguments, aliasing rules and errors as apply_gaussian_rope.
+inline cudaError_t apply_gaussian_rope_backward(const float* d_dy, float* d_dx,
+                                                const GaussianPosition* d_positions,
+                                                std::int64_t n, int n_heads,
+                                                const GaussianRopeOptions& options,
+                                                cudaStream_t stream = 0) {
+  return detail::launch_gaussian_rope(d_dy, d_dx, d_positions, n, n_heads, options, true, stream);
 }
 
 }  // namespace mc::cuda

@@ -270,3 +270,27 @@ TEST_CASE("tree gisting: level layout and argument checks before any launch") {
                        doctest::Contains("[mc.tree_gisting.null_pointer]"), mc::Error);
 }
 
+
+TEST_CASE("cuda decoder facades: bad arguments throw mc::Error before any launch") {
+  float* p = fake_device_ptr(4096);
+  CHECK_THROWS_WITH_AS(mc::cuda::rmsnorm_forward(p, p, 4, 0, 1e-5, p, p),
+                       doctest::Contains("[mc.rmsnorm.bad_shape]"), mc::Error);
+  CHECK_THROWS_WITH_AS(mc::cuda::rmsnorm_backward(p, p, p, p, 4, 8, p + 1000, nullptr, p, 4),
+                       doctest::Contains("[mc.rmsnorm.workspace]"), mc::Error);
+  CHECK_THROWS_WITH_AS(mc::cuda::swiglu_forward(p, p + 100, 4, p + 1),
+                       doctest::Contains("[mc.swiglu.aliasing]"), mc::Error);
+  CHECK_THROWS_WITH_AS(mc::cuda::embedding_forward(p, 0, 8, nullptr, 4, p),
+                       doctest::Contains("[mc.embedding.bad_shape]"), mc::Error);
+  CHECK_THROWS_WITH_AS(mc::cuda::cross_entropy_forward(p, nullptr, 4, 8, p, p, p, nullptr),
+                       doctest::Contains("[mc.cross_entropy.null_pointer]"), mc::Error);
+  mc::cuda::AdamWHyper bad;
+  bad.beta2 = 1.0;
+  CHECK_THROWS_WITH_AS(mc::cuda::adamw_prepare(nullptr, 1.0, {}, bad, nullptr),
+                       doctest::Contains("[mc.adamw.bad_options]"), mc::Error);
+  mc::GaussianRopeOptions o;
+  o.d_head = 96;
+  CHECK_THROWS_WITH_AS(mc::cuda::apply_gaussian_rope_backward(p, p, nullptr, 4, 2, o),
+                       doctest::Contains("`d_head = 96` is not compiled in"), mc::Error);
+  CHECK_THROWS_WITH_AS((mc::cuda::DeviceLlamaShape{0, 8}.validate()),
+                       doctest::Contains("[mc.llama.bad_batch]"), mc::Error);
+}

@@ -22,6 +22,7 @@ struct GaussianRopeParams {
   std::int64_t n;                     ///< rows (entries)
   int n_heads;                        ///< heads per row
   double base;                        ///< frequency base
+  bool transpose = false;             ///< rotate by the conjugate factor (the backward: Rᵀ)
 };
 static_assert(std::is_trivially_copyable_v<GaussianRopeParams>);
 
@@ -48,7 +49,8 @@ __global__ void __launch_bounds__(kRopeThreads) gaussian_rope_kernel(GaussianRop
   const GaussianPosition pos = p.positions[row];
   const RopeFactor f = gaussian_rope_factor(pos.t, pos.sigma, rope_frequency(j, DHead, p.base));
   const float re = static_cast<float>(f.re);
-  const float im = static_cast<float>(f.im);
+  // The damped rotation R is a scaled rotation, so Rᵀ is the same factor with sin negated.
+  const float im = static_cast<float>(p.transpose ? -f.im : f.im);
   const std::int64_t row_off = row * p.n_heads * DHead;
   for (int h = 0; h < p.n_heads; ++h) {
     const std::int64_t a_off = row_off + static_cast<std::int64_t>(h) * DHead + j;
