@@ -29,12 +29,13 @@ struct GistTrainOptions {
   WarmupCosine schedule{1e-3, 1e-4, 20, 400};  ///< learning rate per step
   AdamWOptions adamw{0.9, 0.95, 1e-8, 0.0};     ///< optimizer (no decay by default)
   std::uint64_t seed = 1;     ///< window sampling
+  std::int64_t align = 1;     ///< window starts are multiples of this (e.g. an episode length)
 
   /// Throws mc::Error naming the first bad field.
   void validate() const {
-    MC_EXPECTS(prefix >= 0 && horizon >= 1 && batch >= 1 && clip > 0, Errc::kInvalidArgument,
-               "[mc.train.bad_shape] prefix = ", prefix, ", horizon = ", horizon, ", batch = ",
-               batch, ", clip = ", clip);
+    MC_EXPECTS(prefix >= 0 && horizon >= 1 && batch >= 1 && clip > 0 && align >= 1,
+               Errc::kInvalidArgument, "[mc.train.bad_shape] prefix = ", prefix, ", horizon = ",
+               horizon, ", batch = ", batch, ", clip = ", clip, ", align = ", align);
     schedule.validate();
     adamw.validate();
   }
@@ -50,15 +51,18 @@ struct DeltaNllReport {
 };
 
 /// Window starts for `count` windows of `tokens`, from `seed` (the same seed gives the same
-/// windows, so every variant is scored on identical text).
+/// windows, so every variant is scored on identical text); starts are multiples of `align`.
 inline std::vector<std::size_t> sample_windows(std::size_t num_tokens, std::int64_t window,
-                                               std::int64_t count, std::uint64_t seed) {
-  MC_EXPECTS(window >= 1 && static_cast<std::int64_t>(num_tokens) > window, Errc::kInvalidArgument,
-             "[mc.train.bad_shape] ", num_tokens, " tokens for windows of ", window);
+                                               std::int64_t count, std::uint64_t seed,
+                                               std::int64_t align = 1) {
+  MC_EXPECTS(window >= 1 && align >= 1 && static_cast<std::int64_t>(num_tokens) > window,
+             Errc::kInvalidArgument, "[mc.train.bad_shape] ", num_tokens, " tokens for windows of ",
+             window, " aligned to ", align);
   std::mt19937_64 rng(seed);
-  std::uniform_int_distribution<std::size_t> start(0, num_tokens - static_cast<std::size_t>(window));
+  const auto a = static_cast<std::size_t>(align);
+  std::uniform_int_distribution<std::size_t> start(0, (num_tokens - static_cast<std::size_t>(window)) / a);
   std::vector<std::size_t> v(static_cast<std::size_t>(count));
-  for (auto& s : v) s = start(rng);
+  for (auto& s : v) s = start(rng) * a;
   return v;
 }
 
@@ -71,7 +75,7 @@ DeltaNllReport evaluate_delta_nll(GistNet<C>& net, M& model, std::span<const Tok
   const std::int64_t window = o.prefix + C::K + o.horizon;
   DeltaNllReport r;
   RowMatrix<typename M::Scalar> children(C::K, model.dim());
-  for (std::size_t at : sample_windows(tokens.size(), window, count, seed)) {
+  for (std::size_t at : sample_windows(tokens.size(), window, count, seed, o.align)) {
     const auto ids = tokens.subspan(at, static_cast<std::size_t>(window));
     const double full = full_nll(model, ids, s);
     model.embed(ids.data() + s.begin, C::K, children.data());
@@ -113,7 +117,7 @@ class GistTrainer {
   double step(std::span<const TokenId> tokens) {
     const DeltaNllSpan s{o_.prefix, C::K, o_.horizon};
     const std::int64_t window = o_.prefix + C::K + o_.horizon, d = model_.dim(), b = o_.batch;
-    const auto starts = sample_windows(tokens.size(), window, b, rng_());
+    const auto starts = sample_windows(tokens.size(), window, b, rng_(), o_.align);
     RowMatrix<Scalar> children(b * C::K, d), dgists(b, d);
     for (std::int64_t i = 0; i < b; ++i)
       model_.embed(tokens.data() + starts[static_cast<std::size_t>(i)] + s.begin, C::K,
@@ -139,6 +143,8 @@ class GistTrainer {
   AdamW& optimizer() { return opt_; }
   /// Gradient norm of the last step before clipping.
   double last_grad_norm() const { return last_grad_norm_; }
+  /// The window sampler (its state goes into checkpoints for an exact resume).
+  std::mt19937_64& sampler() { return rng_; }
 
  private:
   GistNet<C>& net_;

@@ -1,0 +1,26 @@
+# SPDX-License-Identifier: Apache-2.0
+# mc_train_focus run for 2 rounds straight (DIR/a), and stopped after round 1 then resumed (DIR/b): the
+# checkpoints must be byte-identical (weights, AdamW moments, samplers, round).
+# cmake -DEXE=<mc_train_focus> -DDIR=<dir> -DARGS=<common args;...> -P train_and_resume.cmake
+file(REMOVE_RECURSE ${DIR}/a ${DIR}/b)
+function(run)
+  execute_process(COMMAND ${EXE} ${ARGS} ${ARGN} RESULT_VARIABLE rc ERROR_VARIABLE err OUTPUT_VARIABLE out)
+  message("${EXE} ${ARGN}\n${err}")
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "exit code ${rc}")
+  endif()
+  set(last_err "${err}" PARENT_SCOPE)
+endfunction()
+run(--out ${DIR}/a --rounds 2)
+run(--out ${DIR}/b --rounds 2 --stop-after 1)
+run(--out ${DIR}/b --rounds 2 --resume)
+if(NOT last_err MATCHES "resumed from .* after round 1")
+  message(FATAL_ERROR "the second run of b did not resume")
+endif()
+foreach(f gist.safetensors lens.safetensors)
+  execute_process(COMMAND ${CMAKE_COMMAND} -E compare_files ${DIR}/a/${f} ${DIR}/b/${f} RESULT_VARIABLE diff)
+  if(NOT diff EQUAL 0)
+    message(FATAL_ERROR "${f} differs between the straight and the resumed run")
+  endif()
+  message("${f}: identical")
+endforeach()
