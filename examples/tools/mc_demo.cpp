@@ -33,9 +33,9 @@ using Session = mc::Session<C, Model, Gister, Scorer, mc::BudgetOptimal, mc::Dis
 
 struct Args {
   fs::path model, tokenizer;
-  fs::path input = "build/corpus/bible.txt";
+  fs::path input = "build/release/demo-corpus/bible.txt";
   fs::path out = "mc_demo_out";
-  std::int64_t w_max = 2048, max_tokens = 0, passkeys = 3, chunk = 16384;
+  std::int64_t w_max = 1024, max_tokens = 0, passkeys = 3, chunk = 16384;
   std::uint64_t seed = 20261123;
   double recency = 1024;
 };
@@ -101,7 +101,9 @@ struct Passkey {
   std::size_t at = 0;  // byte offset where it was planted
 };
 
-// Plants `n` pass-key sentences at seeded random line starts of `text`.
+// Plants `n` pass keys, in the sentence form the bundled model learnt in its window
+// (eval/tasks.hpp): the first near the end of the text (it is still inside the working context's
+// token window when the question comes), the others at seeded random line starts.
 std::vector<Passkey> plant_passkeys(std::string& text, std::int64_t n, std::uint64_t seed) {
   static const char* kNames[] = {"blue", "red", "green", "silver", "golden", "iron", "glass",
                                  "cedar", "stone", "copper", "amber", "ivory", "oak", "salt",
@@ -112,11 +114,11 @@ std::vector<Passkey> plant_passkeys(std::string& text, std::int64_t n, std::uint
     Passkey k;
     k.name = kNames[i];
     k.key = std::to_string(10000 + rng() % 90000);
-    std::size_t at = static_cast<std::size_t>(rng() % std::max<std::size_t>(1, text.size()));
+    std::size_t at = i == 0 ? text.size() - std::min<std::size_t>(text.size(), 600)
+                            : static_cast<std::size_t>(rng() % std::max<std::size_t>(1, text.size()));
     at = text.find('\n', at);
     at = at == std::string::npos ? text.size() : at + 1;
-    const std::string sentence = "The pass key of the " + k.name + " door is " + k.key +
-                                 ". Remember it: " + k.key + ".\n";
+    const std::string sentence = "The code of " + k.name + " is " + k.key + ". ";
     text.insert(at, sentence);
     for (auto& other : keys)
       if (other.at >= at) other.at += sentence.size();
@@ -200,6 +202,10 @@ int main(int argc, char** argv) try {
   Scorer scorer{args.recency};
   mc::SessionOptions so;
   so.context.w_max = args.w_max;
+  // A clean local window (the model never saw gists): half the budget, or what the protected
+  // entries leave (FocusOptions::validate).
+  so.focus.recent_tokens = std::max<std::int64_t>(
+      0, std::min(args.w_max / 2, args.w_max - so.context.sink_tokens - 3 * C::Depth * C::K));
   so.seed = args.seed;
   Session s(model, gister, scorer, mc::DiskTree<C>::create(args.out / "tree", model.dim(),
                                                           {.overwrite = true}),
@@ -227,13 +233,14 @@ int main(int argc, char** argv) try {
   const std::string ingested = tok.decode(ids);  // the text actually in the history
   for (const auto& k : keys) {
     if (k.at >= ingested.size()) continue;  // cut off by --max-tokens
-    const std::string a = ask(s, tok, "\nWhat is the pass key of the " + k.name +
-                                          " door? The pass key of the " + k.name + " door is ", 12);
+    const std::string a =
+        ask(s, tok, "\nWhat is the code of " + k.name + "? The code of " + k.name + " is", 6);
     const bool ok = digits_of(a) == k.key;
     right += ok;
     ++asked;
     map.record(s.context(), map.rows().size());
-    std::cout << "  pass key of the " << k.name << " door (planted at byte " << k.at << "): "
+    std::cout << "  code of " << k.name << " (planted at byte " << k.at << " of " << ingested.size()
+              << "): "
               << (ok ? "RIGHT" : "wrong") << "  answer \"" << a << "\", key " << k.key << "\n";
   }
   for (const auto& v : pick_verses(ingested, 3, args.seed)) {

@@ -1,0 +1,284 @@
+// SPDX-License-Identifier: Apache-2.0
+// mc_eval: the evaluation tables of docs/RESULTS.md, each one command, on the CPU reference path
+// (the GPU runtime comes later; big settings are slow here, small ones run in minutes).
+//
+//   mc_eval window  --model F --tokenizer F [--valid FILE] [--trials N] [--context T]
+//       in-window retrieval (teacher-forced: every answer token is the arg-max) of the base
+//       model on the three synthetic tasks, and its validation NLL at context T
+//   mc_eval passkey --model F --tokenizer F [--lengths 8192,32768] [--budgets 512,1024]
+//                   [--trials N] [--policies recency]
+//       pass-key retrieval through a Session at each history length and W_max
+//   mc_eval stream  --model F --tokenizer F --input FILE [--budgets ...] [--max-tokens N]
+//                   [--warmup N] [--policies ...]
+//       long-document NLL through a Session (eval/stream_nll.hpp)
+// Every subcommand takes --out PREFIX (writes PREFIX.md and PREFIX.json) and --seed S; the same
+// seeds are used for every policy.
+#include <megacontext/eval/report.hpp>
+#include <megacontext/eval/stats.hpp>
+#include <megacontext/eval/stream_nll.hpp>
+#include <megacontext/eval/tasks.hpp>
+#include <megacontext/megacontext.hpp>
+#include <megacontext/reference/llama_io.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "progress_bar.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+using C = mc::DefaultConfig;
+using Model = mc::reference::LlamaModel<float>;
+using Gister = mc::MeanPoolGister<C>;
+
+struct Args {
+  std::string cmd;
+  fs::path model, tokenizer, valid = "build/corpus/valid.txt", input, out = "mc_eval";
+  std::vector<std::int64_t> lengths = {8192}, budgets = {512};
+  std::vector<std::string> policies = {"recency"};
+  std::int64_t trials = 20, context = 1024, max_tokens = 0, warmup = 2048;
+  std::uint64_t seed = 1;
+  std::string command;
+};
+
+std::vector<std::string> split(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  for (std::string x; std::getline(ss, x, ',');)
+    if (!x.empty()) out.push_back(x);
+  return out;
+}
+
+std::int64_t to_int(const std::string& k, const std::string& v) {
+  std::size_t used = 0;
+  long long x = 0;
+  try {
+    x = std::stoll(v, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used == 0 || used != v.size())
+    throw mc::Error(mc::Errc::kInvalidArgument, k + " = '" + v + "' is not an integer");
+  return x;
+}
+
+Args parse(int argc, char** argv) {
+  Args a;
+  for (int i = 0; i < argc; ++i) a.command += (i ? " " : "") + std::string(argv[i]);
+  MC_EXPECTS(argc >= 2, mc::Errc::kInvalidArgument,
+             "usage: mc_eval window|passkey|stream --model F --tokenizer F [options]");
+  a.cmd = argv[1];
+  for (int i = 2; i < argc; ++i) {
+    const std::string k = argv[i];
+    if (i + 1 >= argc) throw mc::Error(mc::Errc::kInvalidArgument, "missing value after " + k);
+    const std::string v = argv[++i];
+    if (k == "--model") a.model = v;
+    else if (k == "--tokenizer") a.tokenizer = v;
+    else if (k == "--valid") a.valid = v;
+    else if (k == "--input") a.input = v;
+    else if (k == "--out") a.out = v;
+    else if (k == "--trials") a.trials = to_int(k, v);
+    else if (k == "--context") a.context = to_int(k, v);
+    else if (k == "--max-tokens") a.max_tokens = to_int(k, v);
+    else if (k == "--warmup") a.warmup = to_int(k, v);
+    else if (k == "--seed") a.seed = static_cast<std::uint64_t>(to_int(k, v));
+    else if (k == "--policies") a.policies = split(v);
+    else if (k == "--lengths" || k == "--budgets") {
+      std::vector<std::int64_t> xs;
+      for (const auto& x : split(v)) xs.push_back(to_int(k, x));
+      (k == "--lengths" ? a.lengths : a.budgets) = xs;
+    } else {
+      throw mc::Error(mc::Errc::kInvalidArgument, "unknown argument '" + k + "'");
+    }
+  }
+  MC_EXPECTS(a.cmd == "window" || a.cmd == "passkey" || a.cmd == "stream",
+             mc::Errc::kInvalidArgument, "unknown subcommand '", a.cmd,
+             "'; use window, passkey or stream");
+  MC_EXPECTS(!a.model.empty() && !a.tokenizer.empty(), mc::Errc::kInvalidArgument,
+             "--model and --tokenizer are required");
+  MC_EXPECTS(a.trials >= 1 && a.context >= 16, mc::Errc::kInvalidArgument,
+             "--trials must be >= 1 and --context >= 16");
+  for (const auto& p : a.policies)
+    MC_EXPECTS(p == "recency", mc::Errc::kInvalidArgument, "unknown policy '", p,
+               "'; available: recency");
+  return a;
+}
+
+std::string read_file(const fs::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  if (!f) throw mc::IoError("cannot read " + p.string(), p);
+  std::ostringstream o;
+  o << f.rdbuf();
+  return o.str();
+}
+
+// Session options for a policy name at budget w: "recency" keeps the newest quarter of the
+// budget as tokens and lets RecencyScorer + BudgetOptimal refocus the rest over mean-pooled gists.
+mc::SessionOptions session_options(const std::string& /*policy*/, std::int64_t w) {
+  mc::SessionOptions so;
+  so.context.w_max = w;
+  so.focus.recent_tokens = w / 4;
+  return so;
+}
+
+using Session = mc::Session<C, Model, Gister, mc::RecencyScorer>;
+
+std::map<std::string, std::string> meta(const Args& a) {
+  return {{"command", a.command}, {"model", a.model.string()}, {"seed", std::to_string(a.seed)}};
+}
+
+void write(const Args& a, const std::vector<mc::eval::ResultRow>& rows, const std::string& title) {
+  const std::string md = mc::eval::to_markdown(rows, title);
+  std::cout << "\n" << md;
+  std::ofstream(a.out.string() + ".md") << md << "\nCommand: `" << a.command << "`\n";
+  std::ofstream(a.out.string() + ".json") << mc::eval::to_json(rows, meta(a));
+}
+
+// Teacher-forced: every answer token is the arg-max of the model's logits at its position.
+bool teacher_forced(Model& m, const std::vector<mc::TokenId>& ids, std::int64_t answer_begin) {
+  const auto n = static_cast<std::int64_t>(ids.size());
+  const std::int64_t d = m.dims().d_model, v = m.dims().n_vocab;
+  std::vector<float> emb(static_cast<std::size_t>(n * d)), logits(static_cast<std::size_t>(n * v));
+  m.embed(ids.data(), n, emb.data());
+  std::vector<mc::GaussianPosition> pos(static_cast<std::size_t>(n));
+  for (std::int64_t i = 0; i < n; ++i) pos[static_cast<std::size_t>(i)] = {static_cast<double>(i), 0.0};
+  m.forward(emb.data(), pos.data(), n, nullptr, logits.data());
+  for (std::int64_t p = answer_begin - 1; p < n - 1; ++p) {
+    const float* l = logits.data() + p * v;
+    if (std::max_element(l, l + v) - l != ids[static_cast<std::size_t>(p + 1)]) return false;
+  }
+  return true;
+}
+
+int window(const Args& a, Model& model, mc::Tokenizer& tok) {
+  std::vector<mc::eval::ResultRow> rows;
+  const char* names[] = {"passkey", "kv_lookup", "multi_hop"};
+  for (int kind = 0; kind < 3; ++kind) {
+    std::int64_t right = 0;
+    mc::tools::ProgressBar bar(a.trials, names[kind]);
+    const auto t0 = std::chrono::steady_clock::now();
+    for (std::int64_t i = 0; i < a.trials; ++i) {
+      mc::eval::TaskOptions o;
+      o.seed = a.seed * 1000003 + static_cast<std::uint64_t>(i);  // below 2^40: never trained on
+      o.context_chars = static_cast<std::size_t>((a.context - 48) * 3);
+      const auto t = kind == 0 ? mc::eval::passkey_trial(o)
+                     : kind == 1 ? mc::eval::kv_lookup_trial(o) : mc::eval::multi_hop_trial(o);
+      auto ids = tok.encode(t.context + t.question);
+      const auto begin = static_cast<std::int64_t>(ids.size());
+      const auto ans = tok.encode(" " + t.answer);
+      ids.insert(ids.end(), ans.begin(), ans.end());
+      right += teacher_forced(model, ids, begin);
+      bar.update(i + 1);
+    }
+    bar.finish();
+    const double us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+    rows.push_back({std::string(names[kind]) + "_in_window", "base model", a.context, a.context,
+                    "accuracy", mc::eval::proportion_interval(right, a.trials),
+                    us / static_cast<double>(a.trials), 0});
+  }
+  // Validation NLL in windows of `context` tokens.
+  const auto valid = tok.encode(read_file(a.valid));
+  std::vector<double> nll;
+  const std::int64_t n = std::min<std::int64_t>(a.trials, static_cast<std::int64_t>(valid.size()) / a.context);
+  const std::int64_t d = model.dims().d_model, v = model.dims().n_vocab;
+  for (std::int64_t w = 0; w < n; ++w) {
+    std::vector<float> emb(static_cast<std::size_t>(a.context * d)), logits(static_cast<std::size_t>(a.context * v));
+    model.embed(valid.data() + w * a.context, a.context, emb.data());
+    std::vector<mc::GaussianPosition> pos(static_cast<std::size_t>(a.context));
+    for (std::int64_t i = 0; i < a.context; ++i) pos[static_cast<std::size_t>(i)] = {static_cast<double>(i), 0.0};
+    model.forward(emb.data(), pos.data(), a.context, nullptr, logits.data());
+    double s = 0;
+    for (std::int64_t i = 0; i + 1 < a.context; ++i)
+      s += mc::eval::token_nll(std::span<const float>(logits.data() + i * v, static_cast<std::size_t>(v)),
+                               valid[static_cast<std::size_t>(w * a.context + i + 1)]);
+    nll.push_back(s / static_cast<double>(a.context - 1));
+  }
+  rows.push_back({"valid_nll", "base model", a.context, a.context, "nats/token",
+                  mc::eval::mean_interval(nll), 0, 0});
+  write(a, rows, "In-window retrieval and validation NLL of the base model");
+  return 0;
+}
+
+int passkey(const Args& a, Model& model, mc::Tokenizer& tok) {
+  std::vector<mc::eval::ResultRow> rows;
+  Gister gister(model.weights().embedding);
+  mc::RecencyScorer scorer{1024};
+  for (const std::int64_t len : a.lengths)
+    for (const std::int64_t w : a.budgets)
+      for (const auto& policy : a.policies) {
+        std::int64_t right = 0;
+        double us = 0;
+        mc::tools::ProgressBar bar(a.trials, policy + " W=" + std::to_string(w) + " " + std::to_string(len));
+        for (std::int64_t i = 0; i < a.trials; ++i) {
+          mc::eval::TaskOptions o;
+          o.seed = a.seed * 1000003 + static_cast<std::uint64_t>(i);  // same trials per policy
+          o.context_chars = static_cast<std::size_t>(len * 3);
+          const auto t = mc::eval::passkey_trial(o);
+          Session s(model, gister, scorer, mc::MemoryTree<C>(model.dim()), session_options(policy, w));
+          s.ingest_text(tok, t.context);
+          const auto t0 = std::chrono::steady_clock::now();
+          s.ingest_text(tok, t.question);
+          std::string answer;
+          for (int k = 0; k < 6; ++k) {
+            const mc::TokenId id = s.sample({});
+            s.push(id);
+            answer += tok.token_bytes(id);
+          }
+          us += std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count() / 6;
+          right += mc::eval::answered(t, answer);
+          bar.update(i + 1);
+        }
+        bar.finish();
+        rows.push_back({"passkey", policy, w, len, "accuracy",
+                        mc::eval::proportion_interval(right, a.trials),
+                        us / static_cast<double>(a.trials), 0});
+      }
+  write(a, rows, "Pass-key retrieval through a Session (mean-pooled gists)");
+  return 0;
+}
+
+int stream(const Args& a, Model& model, mc::Tokenizer& tok) {
+  MC_EXPECTS(!a.input.empty(), mc::Errc::kInvalidArgument, "stream needs --input FILE");
+  auto ids = tok.encode(read_file(a.input));
+  if (a.max_tokens > 0 && static_cast<std::int64_t>(ids.size()) > a.max_tokens)
+    ids.resize(static_cast<std::size_t>(a.max_tokens));
+  std::vector<mc::eval::ResultRow> rows;
+  Gister gister(model.weights().embedding);
+  mc::RecencyScorer scorer{1024};
+  for (const std::int64_t w : a.budgets)
+    for (const auto& policy : a.policies) {
+      Session s(model, gister, scorer, mc::MemoryTree<C>(model.dim()), session_options(policy, w));
+      const auto r = mc::eval::stream_nll(s, ids, a.warmup);
+      rows.push_back({"stream_nll " + a.input.filename().string(), policy, w,
+                      static_cast<std::int64_t>(ids.size()), "nats/token", r.summary,
+                      1e6 * r.seconds / static_cast<double>(r.tokens), 0});
+      std::cerr << policy << " W=" << w << ": " << r.summary.mean << " nats/token over "
+                << r.tokens << " tokens in " << r.seconds << " s\n";
+    }
+  write(a, rows, "Long-document NLL through a Session");
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+  const Args a = parse(argc, argv);
+  Model model = mc::reference::load_llama(a.model);
+  mc::Tokenizer tok = mc::Tokenizer::load(a.tokenizer);
+  MC_EXPECTS(tok.vocab_size() <= model.dims().n_vocab, mc::Errc::kConfigMismatch,
+             "the tokenizer has ", tok.vocab_size(), " ids, the model ", model.dims().n_vocab);
+  if (a.cmd == "window") return window(a, model, tok);
+  if (a.cmd == "passkey") return passkey(a, model, tok);
+  return stream(a, model, tok);
+} catch (const std::exception& e) {
+  std::cerr << "mc_eval: " << e.what() << "\n";
+  return 1;
+}
