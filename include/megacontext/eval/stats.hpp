@@ -4,6 +4,7 @@
 // trials), so that every table row reports the mean, the interval and the number of trials.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <span>
