@@ -125,20 +125,15 @@ inline void check_leaf_spans(std::span<const TokenSpan> spans, std::int64_t n) {
   }
 }
 
-/// The reference decoder's backward with an extra gradient on the final hidden state hf (the
-/// final RMSNorm output, which the tied LM head reads): dL/dhf = dlogits · E + dhidden. A copy of
-/// reference::LlamaModel::backward_impl, which is private and takes only dL/dlogits; MegaPrediction
-/// scores summary rows on hf itself. Kept in step with llama.hpp by a test that requires both to
-/// agree bit for bit when dhidden is null. Writes dembeddings [n, d]; adds weight gradients to
-/// `*grads` when not null.
+/// The reference decoder's backward with an extra gradient `dhidden` on the final hidden state
+/// (LlamaModel::backward_with_hidden), on Eigen matrices with MegaAttention's shape checks.
+/// Writes dembeddings [n, d]; adds weight gradients to `*grads` when not null.
 template <class Scalar>
 void decoder_backward(const reference::LlamaModel<Scalar>& model, const RowMatrix<Scalar>& dlogits,
                       const RowMatrix<Scalar>* dhidden, RowMatrix<Scalar>& dembeddings,
                       reference::LlamaWeights<Scalar>* grads) {
-  const auto& acts = model.activations();
-  const auto& weights = model.weights();
   const auto& o = model.options();
-  const std::int64_t n = acts.n, d = o.d_model;
+  const std::int64_t n = model.activations().n, d = o.d_model;
   MC_EXPECTS(n >= 1, Errc::kState,
              "[mc.mega_attention.no_forward] backward needs a completed decoder forward first");
   MC_EXPECTS(dlogits.rows() == n && dlogits.cols() == o.n_vocab &&
@@ -147,31 +142,9 @@ void decoder_backward(const reference::LlamaModel<Scalar>& model, const RowMatri
              " x ", dlogits.cols(), ", dhidden ", dhidden ? dhidden->rows() : 0, " x ",
              dhidden ? dhidden->cols() : 0, "; the decoder's latest forward had ", n,
              " rows (V = ", o.n_vocab, ", d = ", d, ")");
-  const int n_heads = static_cast<int>(o.n_heads);
-  if (grads != nullptr) grads->embedding.noalias() += dlogits.transpose() * acts.hf;
-  RowMatrix<Scalar> dhf = dlogits * weights.embedding;
-  if (dhidden != nullptr) dhf += *dhidden;
-  RowMatrix<Scalar> dx = RowMatrix<Scalar>::Zero(n, d);
-  reference::rmsnorm_backward(dhf, acts.h_last, weights.final_norm, acts.rstd_f, dx,
-                              grads != nullptr ? &grads->final_norm : nullptr);
-  RowMatrix<Scalar> dh, dxn;
-  for (std::size_t l = weights.layers.size(); l-- > 0;) {
-    const auto& w = weights.layers[l];
-    const auto& a = acts.layers[l];
-    auto* g = grads != nullptr ? &grads->layers[l] : nullptr;
-    dh = dx;
-    dxn.setZero(n, d);
-    reference::swiglu_backward(dx, a.xn2, w.mlp, a.mlp, dxn, g != nullptr ? &g->mlp : nullptr);
-    reference::rmsnorm_backward(dxn, a.h, w.mlp_norm, a.rstd2, dh,
-                                g != nullptr ? &g->mlp_norm : nullptr);
-    dx = dh;
-    dxn.setZero(n, d);
-    reference::attention_backward(dh, a.xn1, w.attn, n_heads, acts.rope, a.attn, dxn,
-                                  g != nullptr ? &g->attn : nullptr);
-    reference::rmsnorm_backward(dxn, a.x, w.attn_norm, a.rstd1, dx,
-                                g != nullptr ? &g->attn_norm : nullptr);
-  }
-  dembeddings = std::move(dx);
+  dembeddings.resize(n, d);
+  model.backward_with_hidden(dlogits.data(), dhidden != nullptr ? dhidden->data() : nullptr, n,
+                             dembeddings.data(), grads);
 }
 
 }  // namespace detail

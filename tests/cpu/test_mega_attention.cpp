@@ -304,7 +304,7 @@ TEST_CASE(
 }
 
 TEST_CASE(
-    "mega_attention: the decoder backward copy equals the decoder's own, and backward repeats") {
+    "mega_attention: the decoder backward with no hidden gradient equals the decoder's own, and backward repeats") {
   auto model = tiny_model(2, 61);
   auto net = tiny_gist_net(2, 62);
   const std::int64_t n = 28;
@@ -312,7 +312,7 @@ TEST_CASE(
   const Mat leaves = random_normal(n, 8, 63);
   mega.forward(model, net, leaves, mc::token_spans(n));
   const Mat dl = random_normal(mega.seq_len(), 11, 64);
-  // With no hidden-state gradient the copy must be the decoder's backward bit for bit.
+  // With no hidden-state gradient it must be the decoder's plain backward bit for bit.
   auto g1 = mc::reference::LlamaWeights<double>::zeros(model.options());
   auto g2 = g1;
   Mat de1(mega.seq_len(), 8), de2;

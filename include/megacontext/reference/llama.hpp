@@ -289,6 +289,15 @@ class LlamaModel {
     backward_impl(dlogits, n, dembeddings, &grads);
   }
 
+  /// backward() with an extra gradient `dhidden` [n, d] (null: none) on the final hidden state
+  /// hf (the final RMSNorm's output, which the tied LM head reads): dL/dhf = dlogits · E +
+  /// dhidden. MegaPrediction (mega_prediction.hpp) scores summary rows on hf itself. Adds to
+  /// `*grads` when not null; writes dembeddings when not null.
+  void backward_with_hidden(const Scalar* dlogits, const Scalar* dhidden, std::int64_t n,
+                            Scalar* dembeddings, LlamaWeights<Scalar>* grads) const {
+    backward_impl(dlogits, n, dembeddings, grads, dhidden);
+  }
+
   /// Adds the tied embedding table's input-side gradient: row ids[i] of grads.embedding gets
   /// row i of `dembeddings` [n, d] (as returned by backward()).
   void embed_backward(const TokenId* ids, std::int64_t n, const Scalar* dembeddings,
@@ -385,7 +394,7 @@ class LlamaModel {
   }
 
   void backward_impl(const Scalar* dlogits, std::int64_t n, Scalar* dembeddings,
-                     LlamaWeights<Scalar>* grads) const {
+                     LlamaWeights<Scalar>* grads, const Scalar* dhidden = nullptr) const {
     MC_EXPECTS(acts_.n >= 1, Errc::kState,
                "[mc.llama.no_forward] backward needs a completed forward first");
     MC_EXPECTS(n == acts_.n && dlogits != nullptr, Errc::kInvalidArgument,
@@ -395,7 +404,8 @@ class LlamaModel {
     const int n_heads = static_cast<int>(options_.n_heads);
     const Eigen::Map<const RowMatrix<Scalar>> dl(dlogits, n, options_.n_vocab);
     if (grads != nullptr) grads->embedding.noalias() += dl.transpose() * acts_.hf;
-    const RowMatrix<Scalar> dhf = dl * weights_.embedding;
+    RowMatrix<Scalar> dhf = dl * weights_.embedding;
+    if (dhidden != nullptr) dhf += Eigen::Map<const RowMatrix<Scalar>>(dhidden, n, d);
     RowMatrix<Scalar> dx = RowMatrix<Scalar>::Zero(n, d);
     rmsnorm_backward(dhf, acts_.h_last, weights_.final_norm, acts_.rstd_f, dx,
                      grads != nullptr ? &grads->final_norm : nullptr);
