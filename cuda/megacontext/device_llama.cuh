@@ -194,6 +194,31 @@ class DeviceLlama {
                                       d_count_, stream));
   }
 
+  /// Inference forward from input embeddings instead of token ids (a working context of tokens
+  /// and gists): `d_embeddings` device [rows, d_model] replaces the embedding gather; writes the
+  /// logits of every row (download_logits()); no loss. Positions as set by set_positions().
+  void forward_embeddings(const float* d_embeddings, cudaStream_t stream = 0) {
+    const std::int64_t m = shape_.rows(), d = opt_.d_model, v = opt_.n_vocab;
+    MC_EXPECTS(d_embeddings != nullptr, Errc::kInvalidArgument,
+               "[mc.llama.bad_batch] forward_embeddings needs non-null embeddings");
+    MC_CUDA_TRY(cudaMemcpyAsync(acts_[0].x, d_embeddings, static_cast<std::size_t>(m * d) * sizeof(float),
+                                cudaMemcpyDeviceToDevice, stream));
+    for (std::size_t l = 0; l < layers_.size(); ++l) layer_forward(l, stream);
+    MC_CUDA_TRY(rmsnorm_forward(x_last_, w_.final_norm, m, d, opt_.norm_eps, hf_, rstd_f_, stream));
+    gemm(blas_, false, true, m, v, d, 1.0f, hf_, d, w_.embedding, d, 0.0f, logits_, v,
+         train_.math, stream);
+  }
+
+  /// The first `rows` rows of the logits of the latest forward into host `out` [rows, n_vocab]
+  /// (synchronises).
+  void download_logits(std::int64_t rows, float* out) const {
+    MC_EXPECTS(rows >= 0 && rows <= shape_.rows() && (rows == 0 || out != nullptr),
+               Errc::kInvalidArgument, "[mc.llama.bad_batch] download_logits of ", rows,
+               " rows; the batch has ", shape_.rows());
+    MC_CUDA_TRY(cudaMemcpy(out, logits_, static_cast<std::size_t>(rows * opt_.n_vocab) * sizeof(float),
+                           cudaMemcpyDeviceToHost));
+  }
+
   /// Backward of the latest forward: the gradient of the mean loss to every weight (download
   /// with download_gradients()); overwrites the logits with dL/dlogits. Enqueued on `stream`.
   void backward(cudaStream_t stream = 0) {

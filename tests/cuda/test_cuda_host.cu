@@ -206,6 +206,7 @@ TEST_CASE("cuda attention_forward/backward: bad arguments throw mc::Error before
                            nullptr, nullptr, 0, 1, 0, 2, 64) == cudaSuccess);
 }
 
+// ---- device focus selection, batch tree gisting (issue 6): argument checks before any launch.
 TEST_CASE("focus_select: bad parameters and an over-budget context throw before any launch") {
   using C = mc::Config<4, 2>;
   mc::cuda::FocusSelectParams p;
@@ -270,7 +271,6 @@ TEST_CASE("tree gisting: level layout and argument checks before any launch") {
                        doctest::Contains("[mc.tree_gisting.null_pointer]"), mc::Error);
 }
 
-
 TEST_CASE("cuda decoder facades: bad arguments throw mc::Error before any launch") {
   float* p = fake_device_ptr(4096);
   CHECK_THROWS_WITH_AS(mc::cuda::rmsnorm_forward(p, p, 4, 0, 1e-5, p, p),
@@ -293,4 +293,44 @@ TEST_CASE("cuda decoder facades: bad arguments throw mc::Error before any launch
                        doctest::Contains("`d_head = 96` is not compiled in"), mc::Error);
   CHECK_THROWS_WITH_AS((mc::cuda::DeviceLlamaShape{0, 8}.validate()),
                        doctest::Contains("[mc.llama.bad_batch]"), mc::Error);
+}
+
+TEST_CASE("cuda gist_net / lens_net: bad options and weights throw before touching the GPU") {
+  using C = mc::Config<32, 3>;
+  mc::GistNetOptions go;
+  const auto gw = mc::GistNetWeights<float>::random(go, 1);
+  mc::cuda::DeviceGistNetOptions gd;
+  gd.max_blocks = 0;
+  CHECK_THROWS_WITH_AS(mc::cuda::DeviceGistNet<C>(go, gw, gd),
+                       doctest::Contains("[mc.gist_net.bad_options] max_blocks = 0"), mc::Error);
+  mc::GistNetOptions other = go;
+  other.d_ff = 96;  // weights drawn for d_ff = 128
+  CHECK_THROWS_WITH_AS(mc::cuda::DeviceGistNet<C>(other, gw), doctest::Contains("mlp.w1"),
+                       mc::Error);
+  mc::GistNetOptions wide;
+  wide.n_heads = 1;
+  wide.d_attn = 256;  // K 64 × d_head 256 tiles need more shared memory than a block has
+  CHECK_THROWS_WITH_AS(
+      (mc::cuda::DeviceGistNet<mc::Config<64, 2>>(wide, mc::GistNetWeights<float>::random(wide, 1))),
+      doctest::Contains("bytes of shared memory"), mc::Error);
+  mc::cuda::DeviceGistNetOptions infer;
+  infer.training = false;
+  CHECK(mc::cuda::DeviceGistNet<C>::device_bytes(go, infer) <
+        mc::cuda::DeviceGistNet<C>::device_bytes(go, {}));
+
+  mc::LensNetOptions lo;
+  const auto lw = mc::LensNetWeights<float>::random(lo, 2);
+  mc::cuda::DeviceLensNetOptions ld;
+  ld.max_entries = -3;
+  CHECK_THROWS_WITH_AS(mc::cuda::DeviceLensNet(lo, lw, ld),
+                       doctest::Contains("[mc.lens_net.bad_options] max_entries = -3"), mc::Error);
+  mc::LensNetOptions more = lo;
+  more.n_layers = 2;  // weights drawn for 3 layers
+  CHECK_THROWS_WITH_AS(mc::cuda::DeviceLensNet(more, lw), doctest::Contains("[mc.lens_net.bad_weights]"),
+                       mc::Error);
+  mc::LensNetOptions long_query = lo;
+  long_query.num_query = 4096;  // its keys and values would not fit in shared memory
+  CHECK_THROWS_WITH_AS(mc::cuda::DeviceLensNet::device_bytes(long_query, {}),
+                       doctest::Contains("bytes of shared memory"), mc::Error);
+  CHECK(mc::cuda::DeviceLensNet::device_bytes(lo, {}) > 0);
 }
