@@ -11,6 +11,8 @@
 #include <cstdio>
 #include <megacontext/device_attention.cuh>
 #include <megacontext/error.cuh>
+
+#include "cuda_bench.cuh"
 #include <string>
 
 #ifndef MC_GIT_COMMIT
@@ -18,6 +20,10 @@
 #endif
 
 namespace {
+
+using mc::bench::EventTimer;
+using mc::bench::L2Flush;
+using mc::bench::Stream;
 
 // Fills p[0, n) with values in [−2, 2) from a hash of the index: finite, not constant, cheap.
 __global__ void fill_input(float* p, std::int64_t n, std::uint32_t salt) {
@@ -29,50 +35,7 @@ __global__ void fill_input(float* p, std::int64_t n, std::uint32_t salt) {
   }
 }
 
-// A buffer twice the size of L2, written before each timed launch so every run starts cold.
-class L2Flush {
- public:
-  L2Flush() {
-    int device = 0;
-    int l2 = 0;
-    MC_CUDA_TRY(cudaGetDevice(&device));
-    MC_CUDA_TRY(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, device));
-    bytes_ = 2 * static_cast<std::size_t>(l2 > 0 ? l2 : (64 << 20));
-    MC_CUDA_TRY(cudaMalloc(&buffer_, bytes_));
-  }
-  ~L2Flush() { (void)cudaFree(buffer_); }
-  void flush(cudaStream_t stream) { MC_CUDA_TRY(cudaMemsetAsync(buffer_, 0, bytes_, stream)); }
 
- private:
-  void* buffer_ = nullptr;
-  std::size_t bytes_ = 0;
-};
-
-// CUDA-event timer for one stretch of launches on one stream.
-class EventTimer {
- public:
-  EventTimer() {
-    MC_CUDA_TRY(cudaEventCreate(&start_));
-    MC_CUDA_TRY(cudaEventCreate(&stop_));
-  }
-  ~EventTimer() {
-    (void)cudaEventDestroy(start_);
-    (void)cudaEventDestroy(stop_);
-  }
-  void start(cudaStream_t s) { MC_CUDA_TRY(cudaEventRecord(start_, s)); }
-  /// Records the stop event, waits for it and returns the elapsed time in seconds.
-  double stop(cudaStream_t s) {
-    MC_CUDA_TRY(cudaEventRecord(stop_, s));
-    MC_CUDA_TRY(cudaEventSynchronize(stop_));
-    float ms = 0.0f;
-    MC_CUDA_TRY(cudaEventElapsedTime(&ms, start_, stop_));
-    return ms * 1e-3;
-  }
-
- private:
-  cudaEvent_t start_ = nullptr;
-  cudaEvent_t stop_ = nullptr;
-};
 
 // Device buffers of one benchmark: q, k, v, o, d_o, dq, dk, dv, lse and the workspace.
 struct Buffers {

@@ -20,6 +20,8 @@
 #include <megacontext/error.cuh>
 #include <megacontext/reference/llama.hpp>
 
+#include "cuda_bench.cuh"
+
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -34,33 +36,14 @@
 
 namespace {
 
+using mc::bench::EventTimer;
+using mc::bench::L2Flush;
+using mc::bench::Stream;
+
 // Peak GEMM throughput measured by the baseline benchmarks (TFLOP/s), for the MFU counters.
 double g_peak_tf32 = 0.0;
 double g_peak_bf16 = 0.0;
 
-class Events {
- public:
-  Events() {
-    MC_CUDA_TRY(cudaEventCreate(&a_));
-    MC_CUDA_TRY(cudaEventCreate(&b_));
-  }
-  ~Events() {
-    (void)cudaEventDestroy(a_);
-    (void)cudaEventDestroy(b_);
-  }
-  void start(cudaStream_t s) { MC_CUDA_TRY(cudaEventRecord(a_, s)); }
-  // Seconds since start().
-  double stop(cudaStream_t s) {
-    MC_CUDA_TRY(cudaEventRecord(b_, s));
-    MC_CUDA_TRY(cudaEventSynchronize(b_));
-    float ms = 0;
-    MC_CUDA_TRY(cudaEventElapsedTime(&ms, a_, b_));
-    return ms * 1e-3;
-  }
-
- private:
-  cudaEvent_t a_ = nullptr, b_ = nullptr;
-};
 
 __global__ void fill_uniform(float* p, std::int64_t n, float scale) {
   for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < n;
@@ -115,7 +98,7 @@ void BM_CublasGemm4096(benchmark::State& state) {
     }
   };
   for (int i = 0; i < 3; ++i) run();
-  Events ev;
+  EventTimer ev;
   double total = 0;
   for (auto _ : state) {
     ev.start(s);
@@ -165,7 +148,7 @@ void BM_DecoderTrainStep(benchmark::State& state) {
   model.set_batch(window.data(), window.data() + 1, s);
 
   // One step per phase, timed separately (stream launches), then warm-up of the graph.
-  Events ev;
+  EventTimer ev;
   ev.start(s);
   model.forward(s);
   const double t_fwd = ev.stop(s);

@@ -14,6 +14,8 @@
 #include <megacontext/device_gist_pool.cuh>
 #include <megacontext/error.cuh>
 
+#include "cuda_bench.cuh"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -26,6 +28,10 @@
 #endif
 
 namespace {
+
+using mc::bench::EventTimer;
+using mc::bench::L2Flush;
+using mc::bench::Stream;
 
 constexpr int kK = 32;
 constexpr std::int64_t kD = 256;
@@ -80,50 +86,7 @@ class Arena {
   std::int64_t tokens_ = 0;
 };
 
-// A buffer twice the size of L2, written before each timed launch so every run starts cold.
-class L2Flush {
- public:
-  L2Flush() {
-    int device = 0;
-    int l2 = 0;
-    MC_CUDA_TRY(cudaGetDevice(&device));
-    MC_CUDA_TRY(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, device));
-    bytes_ = 2 * static_cast<std::size_t>(l2 > 0 ? l2 : (64 << 20));
-    MC_CUDA_TRY(cudaMalloc(&buffer_, bytes_));
-  }
-  ~L2Flush() { (void)cudaFree(buffer_); }
-  void flush(cudaStream_t stream) { MC_CUDA_TRY(cudaMemsetAsync(buffer_, 0, bytes_, stream)); }
 
- private:
-  void* buffer_ = nullptr;
-  std::size_t bytes_ = 0;
-};
-
-// CUDA-event timer for one launch on one stream.
-class EventTimer {
- public:
-  EventTimer() {
-    MC_CUDA_TRY(cudaEventCreate(&start_));
-    MC_CUDA_TRY(cudaEventCreate(&stop_));
-  }
-  ~EventTimer() {
-    (void)cudaEventDestroy(start_);
-    (void)cudaEventDestroy(stop_);
-  }
-  void start(cudaStream_t s) { MC_CUDA_TRY(cudaEventRecord(start_, s)); }
-  /// Records the stop event, waits for it and returns the elapsed time in seconds.
-  double stop(cudaStream_t s) {
-    MC_CUDA_TRY(cudaEventRecord(stop_, s));
-    MC_CUDA_TRY(cudaEventSynchronize(stop_));
-    float ms = 0.0f;
-    MC_CUDA_TRY(cudaEventElapsedTime(&ms, start_, stop_));
-    return ms * 1e-3;
-  }
-
- private:
-  cudaEvent_t start_ = nullptr;
-  cudaEvent_t stop_ = nullptr;
-};
 
 // Baseline plumbing: segment s = b·d + c holds the K values in[(b·K + k)·d + c], k < K.
 struct ColumnGather {

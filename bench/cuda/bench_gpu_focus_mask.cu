@@ -20,6 +20,8 @@
 #include <megacontext/policies/greedy_threshold.hpp>
 #include <megacontext/pyramid_mask.hpp>
 
+#include "cuda_bench.cuh"
+
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -34,38 +36,11 @@
 
 namespace {
 
-class EventTimer {
- public:
-  EventTimer() {
-    MC_CUDA_TRY(cudaEventCreate(&start_));
-    MC_CUDA_TRY(cudaEventCreate(&stop_));
-  }
-  ~EventTimer() {
-    (void)cudaEventDestroy(start_);
-    (void)cudaEventDestroy(stop_);
-  }
-  void start(cudaStream_t s) { MC_CUDA_TRY(cudaEventRecord(start_, s)); }
-  double stop(cudaStream_t s) {
-    MC_CUDA_TRY(cudaEventRecord(stop_, s));
-    MC_CUDA_TRY(cudaEventSynchronize(stop_));
-    float ms = 0.0f;
-    MC_CUDA_TRY(cudaEventElapsedTime(&ms, start_, stop_));
-    return ms * 1e-3;
-  }
+using mc::bench::EventTimer;
+using mc::bench::L2Flush;
+using mc::bench::Stream;
 
- private:
-  cudaEvent_t start_ = nullptr, stop_ = nullptr;
-};
 
-class Stream {
- public:
-  Stream() { MC_CUDA_TRY(cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking)); }
-  ~Stream() { (void)cudaStreamDestroy(s_); }
-  cudaStream_t get() const { return s_; }
-
- private:
-  cudaStream_t s_ = nullptr;
-};
 
 template <class T>
 T* device_alloc(std::size_t n) {
