@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "cli.hpp"
 #include "progress_bar.hpp"
 
 namespace {
@@ -42,41 +43,24 @@ struct Args {
 
 Args parse(int argc, char** argv) {
   Args a;
-  for (int i = 1; i < argc; ++i) {
-    const std::string k = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) throw mc::Error(mc::Errc::kInvalidArgument, "missing value after " + k);
-      return argv[++i];
-    };
-    auto integer = [&]() {
-      const std::string v = value();
-      std::size_t used = 0;
-      long long x = 0;
-      try {
-        x = std::stoll(v, &used);
-      } catch (const std::exception&) {
-        used = 0;
-      }
-      if (used == 0 || used != v.size())
-        throw mc::Error(mc::Errc::kInvalidArgument, k + " = '" + v + "' is not an integer");
-      return static_cast<std::int64_t>(x);
-    };
-    if (k == "--model") a.model = value();
-    else if (k == "--tokenizer") a.tokenizer = value();
-    else if (k == "--input") a.input = value();
-    else if (k == "--out") a.out = value();
-    else if (k == "--w-max") a.w_max = integer();
-    else if (k == "--max-tokens") a.max_tokens = integer();
-    else if (k == "--passkeys") a.passkeys = integer();
-    else if (k == "--chunk") a.chunk = integer();
-    else if (k == "--seed") a.seed = static_cast<std::uint64_t>(integer());
-    else if (k == "--recency") a.recency = static_cast<double>(integer());
-    else if (k == "--help" || k == "-h") {
+  mc::tools::ArgCursor arg(argc, argv);
+  while (arg.next()) {
+    if (arg.is("--model")) a.model = arg.value();
+    else if (arg.is("--tokenizer")) a.tokenizer = arg.value();
+    else if (arg.is("--input")) a.input = arg.value();
+    else if (arg.is("--out")) a.out = arg.value();
+    else if (arg.is("--w-max")) a.w_max = arg.integer();
+    else if (arg.is("--max-tokens")) a.max_tokens = arg.integer();
+    else if (arg.is("--passkeys")) a.passkeys = arg.integer();
+    else if (arg.is("--chunk")) a.chunk = arg.integer();
+    else if (arg.is("--seed")) a.seed = static_cast<std::uint64_t>(arg.integer());
+    else if (arg.is("--recency")) a.recency = arg.real();
+    else if (arg.is("--help") || arg.is("-h")) {
       std::cout << "usage: mc_demo --model FILE --tokenizer FILE [--input FILE] [--w-max N] "
                    "[--out DIR] [--max-tokens N] [--passkeys N] [--seed S] [--recency TOKENS]\n";
       std::exit(0);
     } else {
-      throw mc::Error(mc::Errc::kInvalidArgument, "unknown argument '" + k + "' (try --help)");
+      arg.unknown();
     }
   }
   MC_EXPECTS(!a.model.empty() && !a.tokenizer.empty(), mc::Errc::kInvalidArgument,
@@ -86,14 +70,6 @@ Args parse(int argc, char** argv) {
   MC_EXPECTS(a.max_tokens >= 0 && a.chunk >= 1, mc::Errc::kInvalidArgument,
              "--max-tokens must be >= 0 and --chunk >= 1");
   return a;
-}
-
-std::string read_file(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  if (!f) throw mc::IoError("cannot read input file " + p.string(), p);
-  std::ostringstream o;
-  o << f.rdbuf();
-  return o.str();
 }
 
 struct Passkey {
@@ -187,7 +163,7 @@ int main(int argc, char** argv) try {
   std::cout << "model " << args.model << ": d_model " << model.dims().d_model << ", "
             << model.options().n_layers << " layers, vocabulary " << model.dims().n_vocab << "\n";
 
-  std::string text = read_file(args.input);
+  std::string text = mc::tools::read_file(args.input);
   const auto keys = plant_passkeys(text, args.passkeys, args.seed);
   std::vector<mc::TokenId> ids;
   tok.encode(text, ids);

@@ -30,6 +30,7 @@
 #include <string>
 #include <vector>
 
+#include "cli.hpp"
 #include "progress_bar.hpp"
 
 namespace {
@@ -57,47 +58,44 @@ std::vector<std::string> split(const std::string& s) {
   return out;
 }
 
-std::int64_t to_int(const std::string& k, const std::string& v) {
-  std::size_t used = 0;
-  long long x = 0;
-  try {
-    x = std::stoll(v, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (used == 0 || used != v.size())
-    throw mc::Error(mc::Errc::kInvalidArgument, k + " = '" + v + "' is not an integer");
-  return x;
-}
-
 Args parse(int argc, char** argv) {
   Args a;
   for (int i = 0; i < argc; ++i) a.command += (i ? " " : "") + std::string(argv[i]);
   MC_EXPECTS(argc >= 2, mc::Errc::kInvalidArgument,
              "usage: mc_eval window|passkey|stream --model F --tokenizer F [options]");
   a.cmd = argv[1];
-  for (int i = 2; i < argc; ++i) {
-    const std::string k = argv[i];
-    if (i + 1 >= argc) throw mc::Error(mc::Errc::kInvalidArgument, "missing value after " + k);
-    const std::string v = argv[++i];
-    if (k == "--model") a.model = v;
-    else if (k == "--tokenizer") a.tokenizer = v;
-    else if (k == "--valid") a.valid = v;
-    else if (k == "--input") a.input = v;
-    else if (k == "--out") a.out = v;
-    else if (k == "--trials") a.trials = to_int(k, v);
-    else if (k == "--context") a.context = to_int(k, v);
-    else if (k == "--max-tokens") a.max_tokens = to_int(k, v);
-    else if (k == "--warmup") a.warmup = to_int(k, v);
-    else if (k == "--seed") a.seed = static_cast<std::uint64_t>(to_int(k, v));
-    else if (k == "--policies") a.policies = split(v);
-    else if (k == "--lengths" || k == "--budgets") {
-      std::vector<std::int64_t> xs;
-      for (const auto& x : split(v)) xs.push_back(to_int(k, x));
-      (k == "--lengths" ? a.lengths : a.budgets) = xs;
-    } else {
-      throw mc::Error(mc::Errc::kInvalidArgument, "unknown argument '" + k + "'");
+  mc::tools::ArgCursor arg(argc, argv, 2);
+  auto integers = [&] {
+    std::vector<std::int64_t> xs;
+    for (const auto& x : split(arg.value())) {
+      std::size_t used = 0;
+      long long v = 0;
+      try {
+        v = std::stoll(x, &used);
+      } catch (const std::exception&) {
+        used = 0;
+      }
+      MC_EXPECTS(used != 0 && used == x.size(), mc::Errc::kInvalidArgument, arg.flag(), ": '", x,
+                 "' is not an integer");
+      xs.push_back(v);
     }
+    return xs;
+  };
+  while (arg.next()) {
+    if (arg.is("--model")) a.model = arg.value();
+    else if (arg.is("--tokenizer")) a.tokenizer = arg.value();
+    else if (arg.is("--valid")) a.valid = arg.value();
+    else if (arg.is("--input")) a.input = arg.value();
+    else if (arg.is("--out")) a.out = arg.value();
+    else if (arg.is("--trials")) a.trials = arg.integer();
+    else if (arg.is("--context")) a.context = arg.integer();
+    else if (arg.is("--max-tokens")) a.max_tokens = arg.integer();
+    else if (arg.is("--warmup")) a.warmup = arg.integer();
+    else if (arg.is("--seed")) a.seed = static_cast<std::uint64_t>(arg.integer());
+    else if (arg.is("--policies")) a.policies = split(arg.value());
+    else if (arg.is("--lengths")) a.lengths = integers();
+    else if (arg.is("--budgets")) a.budgets = integers();
+    else arg.unknown();
   }
   MC_EXPECTS(a.cmd == "window" || a.cmd == "passkey" || a.cmd == "stream",
              mc::Errc::kInvalidArgument, "unknown subcommand '", a.cmd,
@@ -110,14 +108,6 @@ Args parse(int argc, char** argv) {
     MC_EXPECTS(p == "recency", mc::Errc::kInvalidArgument, "unknown policy '", p,
                "'; available: recency");
   return a;
-}
-
-std::string read_file(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  if (!f) throw mc::IoError("cannot read " + p.string(), p);
-  std::ostringstream o;
-  o << f.rdbuf();
-  return o.str();
 }
 
 // Session options for a policy name at budget w: "recency" keeps the newest quarter of the
@@ -185,7 +175,7 @@ int window(const Args& a, Model& model, mc::Tokenizer& tok) {
                     us / static_cast<double>(a.trials), 0});
   }
   // Validation NLL in windows of `context` tokens.
-  const auto valid = tok.encode(read_file(a.valid));
+  const auto valid = tok.encode(mc::tools::read_file(a.valid));
   std::vector<double> nll;
   const std::int64_t n = std::min<std::int64_t>(a.trials, static_cast<std::int64_t>(valid.size()) / a.context);
   const std::int64_t d = model.dims().d_model, v = model.dims().n_vocab;
@@ -247,7 +237,7 @@ int passkey(const Args& a, Model& model, mc::Tokenizer& tok) {
 
 int stream(const Args& a, Model& model, mc::Tokenizer& tok) {
   MC_EXPECTS(!a.input.empty(), mc::Errc::kInvalidArgument, "stream needs --input FILE");
-  auto ids = tok.encode(read_file(a.input));
+  auto ids = tok.encode(mc::tools::read_file(a.input));
   if (a.max_tokens > 0 && static_cast<std::int64_t>(ids.size()) > a.max_tokens)
     ids.resize(static_cast<std::size_t>(a.max_tokens));
   std::vector<mc::eval::ResultRow> rows;

@@ -16,6 +16,8 @@
 #include <string>
 #include <vector>
 
+#include "cli.hpp"
+
 namespace {
 
 using C = mc::DefaultConfig;  // K = 32, Depth = 3
@@ -30,16 +32,13 @@ struct Args {
 
 Args parse(int argc, char** argv) {
   Args a;
-  for (int i = 1; i < argc; ++i) {
-    const std::string k = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) throw mc::Error(mc::Errc::kInvalidArgument, "missing value after " + k);
-      return argv[++i];
-    };
-    if (k == "--input") a.input = value();
-    else if (k == "--tree") a.tree = value();
-    else if (k == "--dim") a.dim = std::stoll(value());
-    else if (k == "--chunk") a.chunk = std::stoll(value());
+  mc::tools::ArgCursor arg(argc, argv);
+  while (arg.next()) {
+    const std::string& k = arg.flag();
+    if (k == "--input") a.input = arg.value();
+    else if (k == "--tree") a.tree = arg.value();
+    else if (k == "--dim") a.dim = arg.integer();
+    else if (k == "--chunk") a.chunk = arg.integer();
     else if (k == "--fresh") a.fresh = true;
     else if (k == "--help" || k == "-h") {
       std::cout << "usage: mc_ingest [--input FILE] [--tree DIR] [--dim D] [--chunk BYTES] [--fresh]\n";

@@ -11,6 +11,8 @@
 #include <iostream>
 #include <string>
 
+#include "cli.hpp"
+
 int main(int argc, char** argv) try {
   std::string model_path, tok_path;
   mc::reference::LlamaOptions o;
@@ -20,17 +22,16 @@ int main(int argc, char** argv) try {
   o.d_ff = 128;
   o.n_vocab = mc::kNumByteTokens;
   std::uint64_t seed = 1;
-  for (int i = 1; i < argc; ++i) {
-    const std::string k = argv[i];
-    if (i + 1 >= argc) throw mc::Error(mc::Errc::kInvalidArgument, "missing value after " + k);
-    const std::string v = argv[++i];
-    if (k == "--model") model_path = v;
-    else if (k == "--tokenizer") tok_path = v;
-    else if (k == "--d-model") o.d_model = std::stoll(v);
-    else if (k == "--layers") o.n_layers = std::stoll(v);
-    else if (k == "--heads") o.n_heads = std::stoll(v);
-    else if (k == "--d-ff") o.d_ff = std::stoll(v);
-    else if (k == "--seed") seed = std::stoull(v);
+  mc::tools::ArgCursor arg(argc, argv);
+  while (arg.next()) {
+    const std::string& k = arg.flag();
+    if (k == "--model") model_path = arg.value();
+    else if (k == "--tokenizer") tok_path = arg.value();
+    else if (k == "--d-model") o.d_model = arg.integer();
+    else if (k == "--layers") o.n_layers = arg.integer();
+    else if (k == "--heads") o.n_heads = arg.integer();
+    else if (k == "--d-ff") o.d_ff = arg.integer();
+    else if (k == "--seed") seed = static_cast<std::uint64_t>(arg.integer());
     else throw mc::Error(mc::Errc::kInvalidArgument, "unknown argument '" + k + "'");
   }
   MC_EXPECTS(!model_path.empty() && !tok_path.empty(), mc::Errc::kInvalidArgument,

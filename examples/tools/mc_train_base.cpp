@@ -21,6 +21,8 @@
 #include <sstream>
 #include <string>
 
+#include "cli.hpp"
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -36,28 +38,24 @@ struct Args {
 
 Args parse(int argc, char** argv) {
   Args a;
-  for (int i = 1; i < argc; ++i) {
-    const std::string k = argv[i];
-    auto next = [&]() -> std::string {
-      MC_EXPECTS(i + 1 < argc, mc::Errc::kInvalidArgument, "missing value after ", k);
-      return argv[++i];
-    };
-    auto num = [&] { return std::stoll(next()); };
-    if (k == "--train") a.train = next();
-    else if (k == "--valid") a.valid = next();
-    else if (k == "--out") a.out = next();
-    else if (k == "--tokenizer") a.tokenizer = next();
-    else if (k == "--vocab") a.vocab = num();
-    else if (k == "--d-model") a.d_model = num();
-    else if (k == "--layers") a.layers = num();
-    else if (k == "--heads") a.heads = num();
-    else if (k == "--d-ff") a.d_ff = num();
-    else if (k == "--seq-len") a.seq_len = num();
-    else if (k == "--batch") a.batch = num();
-    else if (k == "--steps") a.steps = num();
-    else if (k == "--eval-every") a.eval_every = num();
-    else if (k == "--max-train-bytes") a.max_train_bytes = num();
-    else if (k == "--lr") a.lr = std::stod(next());
+  mc::tools::ArgCursor arg(argc, argv);
+  while (arg.next()) {
+    const std::string& k = arg.flag();
+    if (k == "--train") a.train = arg.value();
+    else if (k == "--valid") a.valid = arg.value();
+    else if (k == "--out") a.out = arg.value();
+    else if (k == "--tokenizer") a.tokenizer = arg.value();
+    else if (k == "--vocab") a.vocab = arg.integer();
+    else if (k == "--d-model") a.d_model = arg.integer();
+    else if (k == "--layers") a.layers = arg.integer();
+    else if (k == "--heads") a.heads = arg.integer();
+    else if (k == "--d-ff") a.d_ff = arg.integer();
+    else if (k == "--seq-len") a.seq_len = arg.integer();
+    else if (k == "--batch") a.batch = arg.integer();
+    else if (k == "--steps") a.steps = arg.integer();
+    else if (k == "--eval-every") a.eval_every = arg.integer();
+    else if (k == "--max-train-bytes") a.max_train_bytes = arg.integer();
+    else if (k == "--lr") a.lr = std::stod(arg.value());
     else if (k == "--resume") a.resume = true;
     else if (k == "--help" || k == "-h") {
       std::cout << "usage: mc_train_base [--train FILE] [--valid FILE] [--out DIR] [--vocab N]\n"
@@ -70,24 +68,6 @@ Args parse(int argc, char** argv) {
     }
   }
   return a;
-}
-
-std::string read_file(const fs::path& p, std::int64_t max_bytes) {
-  std::ifstream f(p, std::ios::binary);
-  if (!f) throw mc::IoError("[mc.train.no_text] cannot read " + p.string() +
-                                " (build the corpus with scripts/build_corpus.sh, or pass --train/--valid)",
-                            p);
-  std::string s;
-  if (max_bytes > 0) {
-    s.resize(static_cast<std::size_t>(max_bytes));
-    f.read(s.data(), max_bytes);
-    s.resize(static_cast<std::size_t>(f.gcount()));
-  } else {
-    std::ostringstream o;
-    o << f.rdbuf();
-    s = o.str();
-  }
-  return s;
 }
 
 void progress(std::int64_t step, std::int64_t total, double loss, double lr, double tok_per_s) {
@@ -105,8 +85,13 @@ void progress(std::int64_t step, std::int64_t total, double loss, double lr, dou
 int main(int argc, char** argv) try {
   const Args a = parse(argc, argv);
   fs::create_directories(a.out);
-  const std::string train_text = read_file(a.train, a.max_train_bytes);
-  const std::string valid_text = read_file(a.valid, a.max_train_bytes / 10);
+  for (const fs::path& p : {a.train, a.valid})
+    if (!fs::is_regular_file(p))
+      throw mc::IoError("[mc.train.no_text] cannot read " + p.string() +
+                            " (build the corpus with scripts/build_corpus.sh, or pass --train/--valid)",
+                        p);
+  const std::string train_text = mc::tools::read_file(a.train, a.max_train_bytes);
+  const std::string valid_text = mc::tools::read_file(a.valid, a.max_train_bytes / 10);
 
   const fs::path tok_path = a.tokenizer.empty() ? a.out / "tokenizer.mctok" : a.tokenizer;
   mc::Tokenizer tok = [&] {

@@ -32,6 +32,8 @@
 #include <sstream>
 #include <string>
 
+#include "cli.hpp"
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -52,33 +54,29 @@ struct Args {
 
 Args parse(int argc, char** argv) {
   Args a;
-  for (int i = 1; i < argc; ++i) {
-    const std::string k = argv[i];
-    auto next = [&]() -> std::string {
-      MC_EXPECTS(i + 1 < argc, mc::Errc::kInvalidArgument, "missing value after ", k);
-      return argv[++i];
-    };
-    auto num = [&] { return std::stoll(next()); };
-    if (k == "--base") a.base = next();
-    else if (k == "--tokenizer") a.tokenizer = next();
-    else if (k == "--train") a.train = next();
-    else if (k == "--valid") a.valid = next();
-    else if (k == "--out") a.out = next();
-    else if (k == "--d-model") a.d_model = num();
-    else if (k == "--layers") a.layers = num();
-    else if (k == "--heads") a.heads = num();
-    else if (k == "--d-ff") a.d_ff = num();
-    else if (k == "--gist-layers") a.gist_layers = num();
-    else if (k == "--gist-d-ff") a.gist_d_ff = num();
-    else if (k == "--lens-layers") a.lens_layers = num();
-    else if (k == "--lens-d-model") a.lens_d_model = num();
-    else if (k == "--gist-steps") a.gist_steps = num();
-    else if (k == "--lens-steps") a.lens_steps = num();
-    else if (k == "--rounds") a.rounds = num();
-    else if (k == "--stop-after") a.stop_after = num();
-    else if (k == "--contexts") a.contexts = num();
-    else if (k == "--max-train-bytes") a.max_train_bytes = num();
-    else if (k == "--seed") a.seed = static_cast<std::uint64_t>(num());
+  mc::tools::ArgCursor arg(argc, argv);
+  while (arg.next()) {
+    const std::string& k = arg.flag();
+    if (k == "--base") a.base = arg.value();
+    else if (k == "--tokenizer") a.tokenizer = arg.value();
+    else if (k == "--train") a.train = arg.value();
+    else if (k == "--valid") a.valid = arg.value();
+    else if (k == "--out") a.out = arg.value();
+    else if (k == "--d-model") a.d_model = arg.integer();
+    else if (k == "--layers") a.layers = arg.integer();
+    else if (k == "--heads") a.heads = arg.integer();
+    else if (k == "--d-ff") a.d_ff = arg.integer();
+    else if (k == "--gist-layers") a.gist_layers = arg.integer();
+    else if (k == "--gist-d-ff") a.gist_d_ff = arg.integer();
+    else if (k == "--lens-layers") a.lens_layers = arg.integer();
+    else if (k == "--lens-d-model") a.lens_d_model = arg.integer();
+    else if (k == "--gist-steps") a.gist_steps = arg.integer();
+    else if (k == "--lens-steps") a.lens_steps = arg.integer();
+    else if (k == "--rounds") a.rounds = arg.integer();
+    else if (k == "--stop-after") a.stop_after = arg.integer();
+    else if (k == "--contexts") a.contexts = arg.integer();
+    else if (k == "--max-train-bytes") a.max_train_bytes = arg.integer();
+    else if (k == "--seed") a.seed = static_cast<std::uint64_t>(arg.integer());
     else if (k == "--resume") a.resume = true;
     else if (k == "--help" || k == "-h") {
       std::cout << "usage: mc_train_focus --base FILE --tokenizer FILE [--train FILE] [--valid FILE]\n"

@@ -12,42 +12,29 @@
 #include <sstream>
 #include <string>
 
-namespace {
-
-std::string read_file(const std::filesystem::path& p, std::size_t max_bytes) {
-  std::ifstream f(p, std::ios::binary);
-  if (!f) throw mc::IoError("cannot read " + p.string(), p);
-  std::ostringstream o;
-  o << f.rdbuf();
-  std::string s = o.str();
-  if (max_bytes > 0 && s.size() > max_bytes) s.resize(max_bytes);
-  return s;
-}
-
-}  // namespace
+#include "cli.hpp"
 
 int main(int argc, char** argv) try {
   std::filesystem::path train, valid, out;
   std::int64_t vocab = 8192, max_bytes = 0;
-  for (int i = 1; i < argc; ++i) {
-    const std::string k = argv[i];
+  mc::tools::ArgCursor arg(argc, argv);
+  while (arg.next()) {
+    const std::string& k = arg.flag();
     if (k == "--help" || k == "-h") {
       std::cout << "usage: mc_train_tokenizer --train FILE --out FILE.mctok [--valid FILE] "
                    "[--vocab N] [--max-bytes N]\n";
       return 0;
     }
-    if (i + 1 >= argc) throw mc::Error(mc::Errc::kInvalidArgument, "missing value after " + k);
-    const std::string v = argv[++i];
-    if (k == "--train") train = v;
-    else if (k == "--valid") valid = v;
-    else if (k == "--out") out = v;
-    else if (k == "--vocab") vocab = std::stoll(v);
-    else if (k == "--max-bytes") max_bytes = std::stoll(v);
+    if (k == "--train") train = arg.value();
+    else if (k == "--valid") valid = arg.value();
+    else if (k == "--out") out = arg.value();
+    else if (k == "--vocab") vocab = arg.integer();
+    else if (k == "--max-bytes") max_bytes = arg.integer();
     else throw mc::Error(mc::Errc::kInvalidArgument, "unknown argument '" + k + "' (try --help)");
   }
   MC_EXPECTS(!train.empty() && !out.empty(), mc::Errc::kInvalidArgument,
              "--train and --out are required (try --help)");
-  const std::string text = read_file(train, static_cast<std::size_t>(max_bytes));
+  const std::string text = mc::tools::read_file(train, max_bytes);
   const auto t0 = std::chrono::steady_clock::now();
   auto tok = mc::Tokenizer::train(std::string_view(text), {.vocab_size = vocab});
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -57,7 +44,7 @@ int main(int argc, char** argv) try {
             << " bytes in " << secs << " s: " << static_cast<double>(text.size()) / static_cast<double>(n)
             << " bytes/token on the training text\n";
   if (!valid.empty()) {
-    const std::string v = read_file(valid, 0);
+    const std::string v = mc::tools::read_file(valid);
     std::cout << "validation: " << static_cast<double>(v.size()) / static_cast<double>(tok.encode(v).size())
               << " bytes/token\n";
   }

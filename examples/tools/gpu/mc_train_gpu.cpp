@@ -25,6 +25,7 @@
 #include <string>
 #include <vector>
 
+#include "../cli.hpp"
 #include "../progress_bar.hpp"
 #include "gpu_trainer.hpp"
 
@@ -45,50 +46,35 @@ struct Args {
 Args parse(int argc, char** argv) {
   Args a;
   for (int i = 0; i < argc; ++i) a.command += (i ? " " : "") + std::string(argv[i]);
-  for (int i = 1; i < argc; ++i) {
-    const std::string k = argv[i];
-    if (k == "--help" || k == "-h") {
+  mc::tools::ArgCursor arg(argc, argv);
+  while (arg.next()) {
+    if (arg.is("--help") || arg.is("-h")) {
       std::cout << "usage: mc_train_gpu --train FILE --valid FILE --tokenizer FILE --out DIR "
                    "[--d-model N] [--layers N] [--heads N] [--d-ff N] [--seq-len N] [--batch N] "
                    "[--steps N] [--lr X] [--lr-min X] [--warmup N] [--synthetic P] "
                    "[--eval-every N] [--eval-batches N] [--seed S] [--dtype bf16|f32]\n";
       std::exit(0);
     }
-    if (i + 1 >= argc) throw mc::Error(mc::Errc::kInvalidArgument, "missing value after " + k);
-    const std::string v = argv[++i];
-    auto num = [&] {
-      std::size_t used = 0;
-      double x = 0;
-      try {
-        x = std::stod(v, &used);
-      } catch (const std::exception&) {
-        used = 0;
-      }
-      if (used != v.size() || v.empty())
-        throw mc::Error(mc::Errc::kInvalidArgument, k + " = '" + v + "' is not a number");
-      return x;
-    };
-    auto integer = [&] { return static_cast<std::int64_t>(num()); };
-    if (k == "--train") a.train = v;
-    else if (k == "--valid") a.valid = v;
-    else if (k == "--tokenizer") a.tokenizer = v;
-    else if (k == "--out") a.out = v;
-    else if (k == "--d-model") a.d_model = integer();
-    else if (k == "--layers") a.layers = integer();
-    else if (k == "--heads") a.heads = integer();
-    else if (k == "--d-ff") a.d_ff = integer();
-    else if (k == "--seq-len") a.seq_len = integer();
-    else if (k == "--batch") a.batch = integer();
-    else if (k == "--steps") a.steps = integer();
-    else if (k == "--lr") a.lr = num();
-    else if (k == "--lr-min") a.lr_min = num();
-    else if (k == "--warmup") a.warmup = integer();
-    else if (k == "--synthetic") a.synthetic = num();
-    else if (k == "--eval-every") a.eval_every = integer();
-    else if (k == "--eval-batches") a.eval_batches = integer();
-    else if (k == "--seed") a.seed = static_cast<std::uint64_t>(integer());
-    else if (k == "--dtype") a.dtype = v;
-    else throw mc::Error(mc::Errc::kInvalidArgument, "unknown argument '" + k + "' (try --help)");
+    if (arg.is("--train")) a.train = arg.value();
+    else if (arg.is("--valid")) a.valid = arg.value();
+    else if (arg.is("--tokenizer")) a.tokenizer = arg.value();
+    else if (arg.is("--out")) a.out = arg.value();
+    else if (arg.is("--d-model")) a.d_model = arg.integer();
+    else if (arg.is("--layers")) a.layers = arg.integer();
+    else if (arg.is("--heads")) a.heads = arg.integer();
+    else if (arg.is("--d-ff")) a.d_ff = arg.integer();
+    else if (arg.is("--seq-len")) a.seq_len = arg.integer();
+    else if (arg.is("--batch")) a.batch = arg.integer();
+    else if (arg.is("--steps")) a.steps = arg.integer();
+    else if (arg.is("--lr")) a.lr = arg.real();
+    else if (arg.is("--lr-min")) a.lr_min = arg.real();
+    else if (arg.is("--warmup")) a.warmup = arg.integer();
+    else if (arg.is("--synthetic")) a.synthetic = arg.real();
+    else if (arg.is("--eval-every")) a.eval_every = arg.integer();
+    else if (arg.is("--eval-batches")) a.eval_batches = arg.integer();
+    else if (arg.is("--seed")) a.seed = static_cast<std::uint64_t>(arg.integer());
+    else if (arg.is("--dtype")) a.dtype = arg.value();
+    else arg.unknown();
   }
   MC_EXPECTS(!a.train.empty() && !a.valid.empty() && !a.tokenizer.empty() && !a.out.empty(),
              mc::Errc::kInvalidArgument, "--train, --valid, --tokenizer and --out are required");
@@ -99,14 +85,6 @@ Args parse(int argc, char** argv) {
   MC_EXPECTS(a.steps >= 1 && a.eval_every >= 1 && a.eval_batches >= 1, mc::Errc::kInvalidArgument,
              "--steps, --eval-every and --eval-batches must be >= 1");
   return a;
-}
-
-std::string read_file(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  if (!f) throw mc::IoError("cannot read " + p.string(), p);
-  std::ostringstream o;
-  o << f.rdbuf();
-  return o.str();
 }
 
 // Training-only seeds: evaluation uses seeds below 2^40, training draws above it.
@@ -167,7 +145,7 @@ int main(int argc, char** argv) try {
   const Args a = parse(argc, argv);
   fs::create_directories(a.out);
   mc::Tokenizer tok = mc::Tokenizer::load(a.tokenizer);
-  const std::string train_text = read_file(a.train), valid_text = read_file(a.valid);
+  const std::string train_text = mc::tools::read_file(a.train), valid_text = mc::tools::read_file(a.valid);
   const auto train = tok.encode(train_text);
   const auto valid = tok.encode(valid_text);
   const std::int64_t T = a.seq_len, B = a.batch, rows = B * T;
