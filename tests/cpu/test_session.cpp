@@ -4,10 +4,12 @@
 // logits as a full forward over the assembled context; telemetry records agree with the edits
 // they report; a session saved and resumed from its disk tree continues bit-identically; bad
 // input (empty document, invalid UTF-8, zero budget, a damaged state file) gives a clear error.
+// The last case runs the bundled model (examples/models/) through the same checks.
 #include <doctest/doctest.h>
 
 #include <megacontext/policies/greedy_threshold.hpp>
 #include <megacontext/reference/llama.hpp>
+#include <megacontext/reference/llama_io.hpp>
 #include <megacontext/session.hpp>
 #include <megacontext/tokenizer.hpp>
 
@@ -386,4 +388,50 @@ TEST_CASE("Session: replacing a document rebuilds only what it affects and keeps
   s.context().validate(s.tree().num_tokens());
   CHECK(s.tree().num_tokens() == 40 + 301 + 180 + 20 + 10);
   std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("Session with the bundled model: budget every step, bit-identical resume, missing file") {
+  namespace fs = std::filesystem;
+  const fs::path models = fs::path(MC_SOURCE_DIR) / "examples" / "models";
+  CHECK_THROWS_WITH_AS(mc::reference::load_llama(models / "no-such-model.safetensors"),
+                       doctest::Contains("[mc.llama.missing_file]"), mc::IoError);
+  auto model = mc::reference::load_llama(models / "megacontext-base.safetensors");
+  auto tok = mc::Tokenizer::load(models / "megacontext-base.mctok");
+  using D = mc::DefaultConfig;  // K = 32, Depth = 3: the library's defaults
+  using G = mc::MeanPoolGister<D>;
+  using S = mc::Session<D, Model, G, mc::RecencyScorer, mc::BudgetOptimal, mc::DiskStorage>;
+  G gister(model.weights().embedding);
+  mc::RecencyScorer scorer{256};
+  mc::SessionOptions so;
+  so.context.w_max = 512;
+  so.focus.recent_tokens = 128;
+  so.seed = 3;
+#if defined(__SANITIZE_ADDRESS__)
+  constexpr int kSteps = 64;  // the sanitizer build runs the decoder ~20x slower
+#else
+  constexpr int kSteps = 640;
+#endif
+  const auto dir = fresh_dir("bundled"), copy = fresh_dir("bundled_copy");
+  std::ifstream f("/usr/share/common-licenses/GPL-3");
+  const std::string text{std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
+  const mc::SamplingOptions sampling{.mode = mc::SamplingOptions::Mode::kTopK, .temperature = 0.8f,
+                                     .top_k = 20};
+  std::vector<mc::TokenId> continued;
+  {
+    S s(model, gister, scorer, mc::DiskTree<D>::create(dir, model.dim()), so);
+    s.ingest_text(tok, text);
+    for (int i = 0; i < kSteps; ++i) {
+      s.push(s.sample(sampling));
+      REQUIRE(s.context().size() <= 512);
+      s.context().validate(s.tree().num_tokens());
+    }
+    s.save(dir / "session.safetensors");
+    fs::copy(dir, copy, fs::copy_options::recursive);  // the tree and state as saved
+    continued = s.generate(40, sampling);
+    CHECK(s.totals().refocuses >= kSteps / 32);
+  }
+  S r = S::resume(model, gister, scorer, mc::DiskTree<D>::open(copy), copy / "session.safetensors", so);
+  CHECK(r.generate(40, sampling) == continued);
+  fs::remove_all(dir);
+  fs::remove_all(copy);
 }
