@@ -28,7 +28,10 @@ if [[ ! -d "$BUILD_ARG" ]]; then
 fi
 BUILD=$(cd "$BUILD_ARG" && pwd)
 BUILD_PHYS=$(cd "$BUILD_ARG" && pwd -P)
-TEST_BINS=("$BUILD/tests/cuda/test_gist_pool_parity" "$BUILD/tests/cuda/test_rope_parity")
+# Every GPU parity test the folder holds (tests/cuda/CMakeLists.txt lists them).
+shopt -s nullglob
+TEST_BINS=("$BUILD"/tests/cuda/test_*_parity)
+shopt -u nullglob
 HOST_BIN="$BUILD/tests/cuda/test_cuda_host"
 BENCH_BIN="$BUILD/bench/cuda/bench_gist_pool"
 
