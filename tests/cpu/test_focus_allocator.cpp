@@ -2,14 +2,20 @@
 // FocusAllocator property tests: 10,000 random steps through each policy for several K and
 // W_max; after every step the working context validates, the budget holds, the recent tokens and
 // sinks are at LOD0, each edit obeyed thresholds, cooldown and the edit cap, and the patch
-// rebuilds the context. Plus exact checks of the two policies on hand-made candidate lists.
+// rebuilds the context. Exact checks of the two policies on hand-made candidate lists. And the
+// fast candidate pass (SIMD masks, skipped sums) and policies against a plain reference of the
+// selection rule kept in this file, over thousands of steps with adversarial scores.
 #include <doctest/doctest.h>
 
 #include <megacontext/focus_allocator.hpp>
 #include <megacontext/policies/budget_optimal.hpp>
 #include <megacontext/policies/greedy_threshold.hpp>
 
+#include <algorithm>
+#include <bit>
 #include <cmath>
+#include <cstring>
+#include <limits>
 #include <map>
 #include <random>
 
@@ -241,4 +247,377 @@ TEST_CASE("focus_allocator: a million-token document enters coarse and the budge
   CHECK(wc.size() <= 512);
   CHECK(r2.evictions > 0);
   CHECK(wc.window_begin() > wc.sink_end());
+}
+
+namespace {
+
+// ---- The selection rule, written plainly (the pre-optimisation allocator loop): the reference
+// the fast path must match exactly.
+struct RefCandidates {
+  std::vector<mc::FocusCandidate> expansions, collapses;
+};
+
+template <class C>
+RefCandidates ref_collect(const std::vector<mc::WcEntry>& e, const std::vector<float>& s,
+                          std::int64_t num_tokens, std::int64_t first, std::int64_t recent,
+                          float hi, float lo, std::int32_t cooled) {
+  using L = mc::Lod<C>;
+  constexpr int K = C::K;
+  const auto n = static_cast<std::int64_t>(e.size());
+  RefCandidates out;
+  for (std::int64_t i = first; i < n; ++i) {
+    const auto& x = e[static_cast<std::size_t>(i)];
+    if (L::tokens(x.node()).end > num_tokens - recent) break;  // protected from here on
+    if (x.lod >= 1 && s[static_cast<std::size_t>(i)] > hi && x.changed_at <= cooled)
+      out.expansions.push_back({s[static_cast<std::size_t>(i)], {mc::FocusEdit::kExpand, i}});
+    if (x.lod >= C::Depth || x.index % K != 0 || i + K > n) continue;
+    bool group = true, cool = true;
+    float sum = 0, top = -2.0f;
+    for (std::int64_t j = i; j < i + K; ++j) {
+      const auto& y = e[static_cast<std::size_t>(j)];
+      group = group && y.lod == x.lod && y.index == x.index + (j - i) &&
+              L::tokens(y.node()).end <= num_tokens - recent;
+      cool = cool && y.changed_at <= cooled;
+      sum += s[static_cast<std::size_t>(j)];
+      top = std::max(top, s[static_cast<std::size_t>(j)]);
+    }
+    const float mean = sum / static_cast<float>(K);
+    if (group && cool && mean < lo && !(top > hi))
+      out.collapses.push_back({mean, {mc::FocusEdit::kCollapse, i}});
+  }
+  return out;
+}
+
+// GreedyThreshold, plainly: sort everything by |score| (ties: older first) and walk the list.
+std::vector<mc::FocusCandidate> ref_greedy(const RefCandidates& c, std::int64_t free, int cap,
+                                           int k) {
+  std::vector<mc::FocusCandidate> all = c.expansions;
+  all.insert(all.end(), c.collapses.begin(), c.collapses.end());
+  std::sort(all.begin(), all.end(), [](const auto& a, const auto& b) {
+    const float x = std::abs(a.score), y = std::abs(b.score);
+    return x != y ? x > y : a.edit.pos < b.edit.pos;
+  });
+  std::vector<mc::FocusCandidate> out;
+  auto collapses_left = static_cast<std::int64_t>(c.collapses.size());
+  for (const auto& x : all) {
+    if (static_cast<int>(out.size()) >= cap) break;
+    if (x.edit.kind == mc::FocusEdit::kExpand) {
+      if (free < k - 1) {
+        if (collapses_left == 0) break;
+        continue;
+      }
+      free -= k - 1;
+    } else {
+      free += k - 1;
+      --collapses_left;
+    }
+    out.push_back(x);
+  }
+  return out;
+}
+
+// BudgetOptimal, plainly: sort both lists fully, try every number of expansions.
+std::vector<mc::FocusCandidate> ref_budget(const RefCandidates& c, std::int64_t free, int cap,
+                                           int k) {
+  auto ex = c.expansions, co = c.collapses;
+  std::sort(ex.begin(), ex.end(), [](const auto& a, const auto& b) {
+    return a.score != b.score ? a.score > b.score : a.edit.pos < b.edit.pos;
+  });
+  std::sort(co.begin(), co.end(), [](const auto& a, const auto& b) {
+    return a.score != b.score ? a.score < b.score : a.edit.pos < b.edit.pos;
+  });
+  const std::int64_t slots = free / (k - 1);
+  double best = -1.0;
+  std::int64_t best_e = 0, best_c = 0;
+  for (std::int64_t e = 0; e <= std::min<std::int64_t>(cap, static_cast<std::int64_t>(ex.size())); ++e) {
+    const std::int64_t cn = std::min<std::int64_t>(static_cast<std::int64_t>(co.size()), cap - e);
+    if (e - cn > slots) break;
+    double g = 0;
+    for (std::int64_t i = 0; i < e; ++i) g += ex[static_cast<std::size_t>(i)].score;
+    for (std::int64_t i = 0; i < cn; ++i) g -= co[static_cast<std::size_t>(i)].score;
+    if (g > best) {
+      best = g;
+      best_e = e;
+      best_c = cn;
+    }
+  }
+  std::vector<mc::FocusCandidate> out(ex.begin(), ex.begin() + best_e);
+  out.insert(out.end(), co.begin(), co.begin() + best_c);
+  return out;
+}
+
+// Applying sorted edits, plainly: rebuild the entry list.
+template <class C>
+std::vector<mc::WcEntry> ref_apply(const std::vector<mc::WcEntry>& e,
+                                   std::vector<mc::FocusEdit> edits, std::int32_t step) {
+  constexpr int K = C::K;
+  std::sort(edits.begin(), edits.end(), [](const auto& a, const auto& b) { return a.pos < b.pos; });
+  std::vector<mc::WcEntry> out;
+  std::size_t i = 0;
+  for (const auto& ed : edits) {
+    while (static_cast<std::int64_t>(i) < ed.pos) out.push_back(e[i++]);
+    const auto& x = e[i];
+    if (ed.kind == mc::FocusEdit::kExpand) {
+      for (int j = 0; j < K; ++j) out.push_back({x.index * K + j, x.lod - 1, step});
+      i += 1;
+    } else {
+      out.push_back({x.index / K, x.lod + 1, step});
+      i += K;
+    }
+  }
+  while (i < e.size()) out.push_back(e[i++]);
+  return out;
+}
+
+// Records what the allocator handed its policy and what the policy chose.
+template <class P>
+struct Recording {
+  P inner;
+  std::vector<mc::FocusCandidate> expansions, collapses, chosen;
+  std::int64_t free = 0;
+  std::int32_t cap = 0;
+  void plan(const mc::FocusPlanInput& in, std::vector<mc::FocusCandidate>& out) {
+    expansions.assign(in.expansions.begin(), in.expansions.end());
+    collapses.assign(in.collapses.begin(), in.collapses.end());
+    free = in.free_entries;
+    cap = in.max_edits;
+    inner.plan(in, out);
+    chosen = out;
+  }
+};
+
+bool same(const std::vector<mc::FocusCandidate>& a, const std::vector<mc::FocusCandidate>& b) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i)
+    if (std::bit_cast<std::uint32_t>(a[i].score) != std::bit_cast<std::uint32_t>(b[i].score) ||
+        !(a[i].edit == b[i].edit))
+      return false;
+  return true;
+}
+
+// Scores that probe every boundary of the rule: exact thresholds and their neighbours, +-1,
+// -0, groups whose float mean lands exactly on the collapse threshold (8 of 32 at -1), smooth
+// fields, and noise.
+template <class C>
+void adversarial_scores(std::mt19937_64& rng, const mc::WorkingContext<C>& wc, float hi, float lo,
+                        std::vector<float>& s) {
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  const auto n = static_cast<std::size_t>(wc.size());
+  s.assign(n, 0.0f);
+  const float menu[] = {hi, lo, std::nextafter(hi, 2.0f), std::nextafter(hi, -2.0f),
+                        std::nextafter(lo, 2.0f), std::nextafter(lo, -2.0f), 1.0f, -1.0f,
+                        0.0f, -0.0f, 0.5f * lo, 2.0f * lo};
+  const auto mode = rng() % 5;
+  std::int64_t block_neg = 0;
+  const double freq = 1.0 / static_cast<double>(1 + rng() % (8 * C::K * C::K)), phase = u(rng) * 3.0;
+  for (std::size_t i = 0; i < n; ++i) {
+    switch (mode) {
+      case 0:  // noise
+        s[i] = u(rng);
+        break;
+      case 1:  // boundary values only
+        s[i] = menu[rng() % std::size(menu)];
+        break;
+      case 2: {  // a smooth field, sometimes snapped to a boundary value
+        const auto t = static_cast<double>(mc::Lod<C>::tokens(wc[static_cast<std::int64_t>(i)].node()).begin);
+        s[i] = std::clamp(static_cast<float>(std::sin(t * freq + phase)) + 0.2f * u(rng), -1.0f, 1.0f);
+        if (rng() % 4 == 0) s[i] = menu[rng() % std::size(menu)];
+        break;
+      }
+      case 3: {  // sibling groups with a mean just above, exactly at, or just below lo
+        const mc::WcEntry& e = wc[static_cast<std::int64_t>(i)];
+        if (e.index % C::K == 0)
+          block_neg = static_cast<std::int64_t>(std::lround(-lo * C::K)) + static_cast<std::int64_t>(rng() % 3) - 1;
+        s[i] = e.index % C::K < block_neg ? -1.0f : 0.0f;
+        if (rng() % 16 == 0) s[i] = menu[rng() % std::size(menu)];
+        break;
+      }
+      default:  // mostly negative: many collapse groups, few vetoes
+        s[i] = std::clamp(-0.5f + 0.5f * u(rng), -1.0f, 1.0f);
+        break;
+    }
+  }
+}
+
+template <class C, class Policy>
+void run_against_reference(std::int64_t w_max, std::int64_t recent, int steps, std::uint64_t salt) {
+  INFO(mc::test::seed_info(), " K = ", C::K, " Depth = ", C::Depth, " w_max = ", w_max);
+  auto rng = mc::test::rng(salt);
+  mc::WorkingContextOptions wo{w_max, 3};
+  mc::FocusOptions fo;
+  fo.recent_tokens = recent;
+  fo.max_edits = static_cast<std::int32_t>(1 + rng() % 12);
+  fo.cooldown_steps = 2;
+  mc::FocusAllocator<C, Recording<Policy>> alloc(fo, wo);
+  mc::WorkingContext<C> wc(wo);
+  std::int64_t n = 0;
+  std::vector<float> scores;
+  std::int64_t compared = 0, candidates = 0, chosen = 0;
+  for (int step = 0; step < steps; ++step) {
+    const auto kind = rng() % 10;
+    n += kind == 0 ? static_cast<std::int64_t>(rng() % (64 * C::K)) : kind >= 7 ? 0
+                   : static_cast<std::int64_t>(rng() % (2 * C::K));
+    alloc.admit(wc, n, scores);
+    adversarial_scores(rng, wc, fo.expand_threshold, fo.collapse_threshold, scores);
+    const std::vector<mc::WcEntry> before(wc.entries().begin(), wc.entries().end());
+    const std::int32_t at = alloc.step_number();
+    const auto ref = ref_collect<C>(before, scores, wc.num_tokens(), wc.first_window_pos(), recent,
+                                    fo.expand_threshold, fo.collapse_threshold,
+                                    at - fo.cooldown_steps);
+    const std::int64_t free = w_max - wc.size();
+    const mc::FocusReport r = alloc.step(wc, scores);
+    auto& rec = alloc.policy();
+    REQUIRE_MESSAGE(same(rec.expansions, ref.expansions), "step ", step, ": expansion candidates differ (",
+                    rec.expansions.size(), " vs reference ", ref.expansions.size(), ")");
+    REQUIRE_MESSAGE(same(rec.collapses, ref.collapses), "step ", step, ": collapse candidates differ (",
+                    rec.collapses.size(), " vs reference ", ref.collapses.size(), ")");
+    REQUIRE(rec.free == free);
+    const auto want = std::is_same_v<Policy, mc::GreedyThreshold>
+                          ? ref_greedy(ref, free, fo.max_edits, C::K)
+                          : ref_budget(ref, free, fo.max_edits, C::K);
+    REQUIRE_MESSAGE(same(rec.chosen, want), "step ", step, ": the policy chose ", rec.chosen.size(),
+                    " edits, the reference ", want.size());
+    if (r.restores == 0) {
+      std::vector<mc::FocusEdit> edits;
+      for (const auto& c : want) edits.push_back(c.edit);
+      const auto after = ref_apply<C>(before, edits, at);
+      REQUIRE(std::equal(after.begin(), after.end(), wc.entries().begin(), wc.entries().end()));
+    }
+    wc.validate(n);
+    ++compared;
+    candidates += static_cast<std::int64_t>(ref.expansions.size() + ref.collapses.size());
+    chosen += static_cast<std::int64_t>(want.size());
+    scores.assign(static_cast<std::size_t>(wc.size()), 0.0f);
+  }
+  MESSAGE("K = ", C::K, ": ", compared, " steps equal to the reference, ", candidates,
+          " candidates, ", chosen, " edits");
+  CHECK(chosen > steps / 4);  // the comparison must cover real edits
+}
+
+}  // namespace
+
+TEST_CASE_TEMPLATE("focus_allocator: the fast candidate pass and policies choose what the plain rule "
+                   "chooses", Policy, mc::GreedyThreshold, mc::BudgetOptimal) {
+  run_against_reference<mc::Config<4, 2>, Policy>(300, 16, 3000, 11);
+  run_against_reference<mc::Config<8, 3>, Policy>(600, 32, 3000, 12);
+  run_against_reference<mc::Config<32, 3>, Policy>(4096, 128, 3000, 13);
+  run_against_reference<mc::Config<64, 2>, Policy>(4096, 128, 1000, 14);  // a 64-bit window
+  run_against_reference<mc::Config<128, 2>, Policy>(8192, 256, 500, 15);  // windows over words
+}
+
+TEST_CASE("focus_allocator: every scan kernel gives the portable loop's masks and verdict") {
+  INFO(mc::test::seed_info());
+  auto rng = mc::test::rng(21);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  const float specials[] = {1.0f, -1.0f, 0.0f, -0.0f, 0.25f, -0.25f, std::nextafter(1.0f, 2.0f),
+                            std::nextafter(-1.0f, -2.0f), std::numeric_limits<float>::infinity(),
+                            -std::numeric_limits<float>::infinity(), std::nanf(""), -std::nanf(""),
+                            std::numeric_limits<float>::denorm_min(), 1e-30f};
+  const mc::detail::ScanPath paths[] = {mc::detail::ScanPath::kSse2, mc::detail::ScanPath::kAvx,
+                                        mc::detail::ScanPath::kAvx512, mc::detail::ScanPath::kBest};
+  int runs = 0;
+  for (const std::int64_t n : {0, 1, 15, 63, 64, 65, 127, 128, 129, 1000, 8209}) {
+    for (int trial = 0; trial < 40; ++trial) {
+      std::vector<float> s(static_cast<std::size_t>(n));
+      std::vector<std::uint8_t> f(static_cast<std::size_t>(n));
+      const int invalid_every = trial % 3 == 0 ? 0 : 1 + static_cast<int>(rng() % 300);
+      for (std::int64_t i = 0; i < n; ++i) {
+        float x = rng() % 3 == 0 ? specials[rng() % 8] : u(rng);
+        if (invalid_every && rng() % static_cast<std::uint64_t>(invalid_every) == 0)
+          x = specials[rng() % std::size(specials)];
+        s[static_cast<std::size_t>(i)] = x;
+        f[static_cast<std::size_t>(i)] = static_cast<std::uint8_t>(rng() % 4 * 0x40);
+      }
+      const float hi = trial % 2 ? 0.25f : u(rng) * 0.5f + 0.5f;
+      mc::detail::FocusMasks ref, got;
+      const bool ok_ref = mc::detail::scan_scores(s.data(), f.data(), n, hi, ref,
+                                                  mc::detail::ScanPath::kPortable);
+      bool ok_direct = true;
+      for (const float x : s) ok_direct = ok_direct && x >= -1.0f && x <= 1.0f;
+      REQUIRE(ok_ref == ok_direct);
+      for (const auto path : paths) {
+        if (!mc::detail::scan_path_available(path)) continue;
+        INFO("n = ", n, ", path ", static_cast<int>(path));
+        const bool ok = mc::detail::scan_scores(s.data(), f.data(), n, hi, got, path);
+        REQUIRE(ok == ok_ref);
+        REQUIRE(got.gist == ref.gist);
+        REQUIRE(got.group == ref.group);
+        if (ok_ref) {  // with a bad score the step throws; the masks are then unused
+          REQUIRE(got.above == ref.above);
+          REQUIRE(got.negative == ref.negative);
+        }
+        ++runs;
+      }
+    }
+  }
+  MESSAGE(runs, " kernel runs compared (SSE2: ", mc::detail::scan_path_available(mc::detail::ScanPath::kSse2),
+          ", AVX: ", mc::detail::scan_path_available(mc::detail::ScanPath::kAvx),
+          ", AVX-512: ", mc::detail::scan_path_available(mc::detail::ScanPath::kAvx512), ")");
+  CHECK(runs > 0);
+}
+
+namespace {
+
+template <int Width>
+void check_group_filters(std::mt19937_64& rng, int& runs) {
+  for (int trial = 0; trial < 200; ++trial) {
+    const std::int64_t n = 1 + static_cast<std::int64_t>(rng() % 2000);
+    const auto words = static_cast<std::size_t>((n + 63) / 64 + 1);
+    std::vector<std::uint64_t> group(words), above(words), negative(words);
+    const auto density = [&rng](int one_in) {
+      std::uint64_t x = 0;
+      for (int b = 0; b < 64; ++b) x |= std::uint64_t{rng() % static_cast<unsigned>(one_in) == 0} << b;
+      return x;
+    };
+    const int a_one_in = 2 + static_cast<int>(rng() % 200), n_one_in = 1 + static_cast<int>(rng() % 4);
+    for (std::size_t w = 0; w < words; ++w) {
+      above[w] = density(a_one_in);
+      negative[w] = density(n_one_in);
+    }
+    // Group starts at least Width apart, as in a working context.
+    for (std::int64_t i = static_cast<std::int64_t>(rng() % Width); i + Width <= n;
+         i += Width + static_cast<std::int64_t>(rng() % 3) * Width / 2)
+      if (rng() % 3 != 0) group[static_cast<std::size_t>(i >> 6)] |= std::uint64_t{1} << (i & 63);
+    const std::int64_t begin = static_cast<std::int64_t>(rng() % 40);
+    const std::int64_t end = std::max<std::int64_t>(begin, n - Width + 1 - static_cast<std::int64_t>(rng() % 40));
+    const int min_neg = static_cast<int>(rng() % (Width + 1));
+    std::vector<std::int64_t> want;
+    for (std::int64_t i = begin; i < end; ++i) {
+      if (!(group[static_cast<std::size_t>(i >> 6)] >> (i & 63) & 1)) continue;
+      bool veto = false;
+      int neg = 0;
+      for (std::int64_t j = i; j < i + Width; ++j) {
+        veto = veto || (above[static_cast<std::size_t>(j >> 6)] >> (j & 63) & 1);
+        neg += static_cast<int>(negative[static_cast<std::size_t>(j >> 6)] >> (j & 63) & 1);
+      }
+      if (!veto && neg >= min_neg) want.push_back(i);
+    }
+    std::vector<std::int64_t> got(static_cast<std::size_t>(n / Width + 2));
+    auto k = mc::detail::filter_groups_portable<Width>(group.data(), above.data(), negative.data(),
+                                                       begin, end, min_neg, got.data());
+    REQUIRE(std::vector<std::int64_t>(got.begin(), got.begin() + static_cast<std::ptrdiff_t>(k)) == want);
+    ++runs;
+#ifdef MC_DETAIL_FOCUS_AVX
+    if (mc::detail::cpu_has_bmi()) {
+      k = mc::detail::filter_groups_bmi<Width>(group.data(), above.data(), negative.data(), begin,
+                                               end, min_neg, got.data());
+      REQUIRE(std::vector<std::int64_t>(got.begin(), got.begin() + static_cast<std::ptrdiff_t>(k)) == want);
+      ++runs;
+    }
+#endif
+  }
+}
+
+}  // namespace
+
+TEST_CASE("focus_allocator: both collapse-group filters keep exactly the groups a plain loop keeps") {
+  INFO(mc::test::seed_info());
+  auto rng = mc::test::rng(23);
+  int runs = 0;
+  check_group_filters<4>(rng, runs);
+  check_group_filters<32>(rng, runs);
+  check_group_filters<33>(rng, runs);
+  check_group_filters<64>(rng, runs);
+  MESSAGE(runs, " filter runs compared");
+  CHECK(runs >= 800);
 }

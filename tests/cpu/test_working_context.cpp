@@ -177,3 +177,59 @@ TEST_CASE("working_context: patches rebuild the current context from the previou
     REQUIRE(patched == snapshot(wc));
   }
 }
+
+TEST_CASE("working_context: apply() of many edits at once equals rebuilding the entry list") {
+  INFO(mc::test::seed_info());
+  using C = mc::Config<4, 3>;
+  constexpr int K = C::K;
+  auto rng = mc::test::rng(91);
+  mc::WorkingContext<C> wc({1 << 20, 2});
+  std::int64_t n = 0;
+  std::int64_t edits_applied = 0;
+  for (int round = 0; round < 3000; ++round) {
+    // Grow the history now and then, but keep the context near a thousand entries.
+    if (wc.size() < 40 || (wc.size() < 1500 && rng() % 8 == 0)) {
+      n += static_cast<std::int64_t>(rng() % 300);
+      wc.extend(n, n - static_cast<std::int64_t>(rng() % 100), round);
+    }
+    // A random set of disjoint legal edits, sorted by position: runs between them move left,
+    // right or not at all, in every mix.
+    std::vector<mc::FocusEdit> edits;
+    std::int64_t pos = static_cast<std::int64_t>(rng() % 8);
+    while (pos < wc.size()) {
+      const bool want_collapse = rng() % 2 == 0;
+      if (want_collapse && wc.can_collapse(pos)) {
+        edits.push_back({mc::FocusEdit::kCollapse, pos});
+        pos += K;
+      } else if (!want_collapse && wc.can_expand(pos)) {
+        edits.push_back({mc::FocusEdit::kExpand, pos});
+        pos += 1;
+      }
+      pos += static_cast<std::int64_t>(rng() % 12);
+    }
+    const std::vector<mc::WcEntry> before = snapshot(wc);
+    std::vector<mc::WcEntry> want;
+    std::size_t i = 0;
+    for (const auto& e : edits) {
+      while (static_cast<std::int64_t>(i) < e.pos) want.push_back(before[i++]);
+      const mc::WcEntry x = before[i];
+      if (e.kind == mc::FocusEdit::kExpand) {
+        for (int j = 0; j < K; ++j) want.push_back({x.index * K + j, x.lod - 1, round});
+        i += 1;
+      } else {
+        want.push_back({x.index / K, x.lod + 1, round});
+        i += K;
+      }
+    }
+    while (i < before.size()) want.push_back(before[i++]);
+    wc.begin_patch();
+    wc.apply(edits, round);
+    REQUIRE(snapshot(wc) == want);
+    wc.validate(n);  // includes the per-entry flags
+    REQUIRE(apply_patch(before, wc) == want);
+    CHECK(wc.fresh_entries() == wc.patch().fresh_entries());
+    edits_applied += static_cast<std::int64_t>(edits.size());
+  }
+  MESSAGE(edits_applied, " edits applied in batches");
+  CHECK(edits_applied > 100'000);
+}

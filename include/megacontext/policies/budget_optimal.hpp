@@ -8,6 +8,8 @@
 #pragma once
 
 #include <algorithm>
+#include <cstdint>
+#include <span>
 #include <vector>
 
 #include "megacontext/focus_policy.hpp"
@@ -18,23 +20,29 @@ namespace mc {
 struct BudgetOptimal {
   /// See FocusPolicy.
   void plan(const FocusPlanInput& in, std::vector<FocusCandidate>& chosen) {
-    exp_.assign(in.expansions.begin(), in.expansions.end());
-    col_.assign(in.collapses.begin(), in.collapses.end());
     const std::int64_t cap = std::max(0, in.max_edits);
-    // Only the best `cap` of each list can be chosen: select them (O(n)), then sort those.
-    const auto top = [cap](std::vector<FocusCandidate>& v, auto better) {
-      const auto m = std::min<std::int64_t>(cap, static_cast<std::int64_t>(v.size()));
+    const std::int64_t slots = in.k > 1 ? in.free_entries / (in.k - 1) : 0;  // net expansions
+    // Only the best `cap` collapses can be chosen, and at most slots + (collapses) expansions
+    // fit (e - c <= slots below): select those (O(n)), then sort them. The best m of a strict
+    // order, sorted, are the first m of the whole list sorted, so this changes no choice.
+    const auto top = [](std::span<const FocusCandidate> in_list, std::int64_t m,
+                        std::vector<FocusCandidate>& v, auto better) {
+      v.clear();
+      m = std::clamp<std::int64_t>(m, 0, static_cast<std::int64_t>(in_list.size()));
+      if (m == 0) return;
+      v.assign(in_list.begin(), in_list.end());
       std::nth_element(v.begin(), v.begin() + m, v.end(), better);
       v.resize(static_cast<std::size_t>(m));
       std::sort(v.begin(), v.end(), better);
     };
-    top(exp_, [](const FocusCandidate& a, const FocusCandidate& b) {
-      return a.score != b.score ? a.score > b.score : a.edit.pos < b.edit.pos;
-    });
-    top(col_, [](const FocusCandidate& a, const FocusCandidate& b) {
+    const auto n_col = static_cast<std::int64_t>(in.collapses.size());
+    top(in.expansions, std::min(cap, slots + n_col), exp_,
+        [](const FocusCandidate& a, const FocusCandidate& b) {
+          return a.score != b.score ? a.score > b.score : a.edit.pos < b.edit.pos;
+        });
+    top(in.collapses, cap, col_, [](const FocusCandidate& a, const FocusCandidate& b) {
       return a.score != b.score ? a.score < b.score : a.edit.pos < b.edit.pos;
     });
-    const std::int64_t slots = in.k > 1 ? in.free_entries / (in.k - 1) : 0;  // net expansions
     const auto E = static_cast<std::int64_t>(exp_.size()), Cn = static_cast<std::int64_t>(col_.size());
     // Prefix gains.
     gain_e_.assign(static_cast<std::size_t>(E) + 1, 0.0);

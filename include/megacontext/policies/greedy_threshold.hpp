@@ -16,6 +16,9 @@ namespace mc {
 struct GreedyThreshold {
   /// See FocusPolicy.
   void plan(const FocusPlanInput& in, std::vector<FocusCandidate>& chosen) {
+    // Nothing fits and nothing can free room: the first candidate popped below would be an
+    // expansion that does not fit, which ends the walk.
+    if (in.max_edits <= 0 || (in.collapses.empty() && in.free_entries < in.k - 1)) return;
     all_.assign(in.expansions.begin(), in.expansions.end());
     all_.insert(all_.end(), in.collapses.begin(), in.collapses.end());
     // Heap order: largest |score| on top; ties go to the older (smaller position) entry.
