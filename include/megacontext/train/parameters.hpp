@@ -13,10 +13,20 @@
 
 namespace mc::train {
 
+namespace detail {
+/// The callback shape for_each_parameter must accept. A named type, not a lambda in the
+/// requires-expression: nvcc 13 rejects lambdas in concept checks, and the training headers are
+/// included from .cu files too.
+template <class Scalar>
+struct ParameterVisitor {
+  void operator()(const std::string&, Scalar*, Eigen::Index) const {}
+};
+}  // namespace detail
+
 /// A visitor over named flat parameter tensors of element type Scalar.
 template <class P, class Scalar>
-concept ParameterSet = requires(P& p) {
-  p.for_each_parameter([](const std::string&, Scalar*, Eigen::Index) {});
+concept ParameterSet = requires(P& p, detail::ParameterVisitor<Scalar> visit) {
+  p.for_each_parameter(visit);
 };
 
 /// Number of scalars in a parameter set.
