@@ -70,9 +70,12 @@ concept RewindableDecoder = model_traits<M>::has_decode && requires(M& m, std::i
 
 /// A frozen model `M` over an unbounded history of Config C. Borrows the model, the gister
 /// (which builds the tree's gists; its embedding dim must be the model's) and the scorer; owns
-/// the tree, the working context and the allocator. Not thread-safe.
-template <ConfigType C, BaseModel M, class G, class S, FocusPolicy P = BudgetOptimal,
+/// the tree, the working context and the allocator. P is a score-driven FocusPolicy or a
+/// FocusLayoutPolicy (the baselines of docs/concepts/baselines.md; they ignore the scores).
+/// Not thread-safe.
+template <ConfigType C, BaseModel M, class G, class S, class P = BudgetOptimal,
           class Storage = MemoryStorage>
+  requires FocusPolicy<P> || FocusLayoutPolicy<P, C>
 class Session {
  public:
   using Scalar = typename C::Scalar;
@@ -282,6 +285,8 @@ class Session {
   const TelemetryTotals& totals() const { return totals_; }
   /// The options in force.
   const SessionOptions& options() const { return opts_; }
+  /// The allocator's policy object (e.g. to hand a layout baseline its per-step inputs).
+  P& policy() { return alloc_.policy(); }
   /// Tokens between refocuses.
   std::int64_t refocus_every() const { return opts_.refocus_every > 0 ? opts_.refocus_every : K; }
 

@@ -8,6 +8,8 @@
 #include <doctest/doctest.h>
 
 #include <megacontext/policies/greedy_threshold.hpp>
+#include <megacontext/policies/recency_only.hpp>
+#include <megacontext/policies/sliding_window.hpp>
 #include <megacontext/reference/llama.hpp>
 #include <megacontext/reference/llama_io.hpp>
 #include <megacontext/session.hpp>
@@ -434,4 +436,44 @@ TEST_CASE("Session with the bundled model: budget every step, bit-identical resu
   CHECK(r.generate(40, sampling) == continued);
   fs::remove_all(dir);
   fs::remove_all(copy);
+}
+
+TEST_CASE("Session with layout baselines: truncation shows the newest tokens, every policy keeps "
+          "the budget") {
+  Parts p;
+  auto ids = random_ids(900, 30);
+  {
+    auto o = tiny_session();
+    o.context.sink_tokens = 0;
+    mc::Session<C, Model, Gister, mc::RecencyScorer, mc::Truncation> s(
+        p.model, p.gister, p.scorer, mc::MemoryTree<C>(32), o);
+    s.ingest(ids);  // ends with a refocus: the window is laid out
+    const auto e = s.context().entries();
+    REQUIRE(static_cast<std::int64_t>(e.size()) == 64);
+    for (std::size_t i = 0; i < e.size(); ++i) {
+      CHECK(e[i].lod == 0);
+      CHECK(e[i].index == 900 - 64 + static_cast<std::int64_t>(i));
+    }
+    s.generate(100, {});
+    CHECK(s.context().size() <= 64);
+    s.context().validate(s.tree().num_tokens());
+  }
+  auto run = [&](auto policy, std::int64_t sinks) {
+    auto o = tiny_session();
+    o.context.sink_tokens = sinks;
+    mc::Session<C, Model, Gister, mc::RecencyScorer, decltype(policy)> s(
+        p.model, p.gister, p.scorer, mc::MemoryTree<C>(32), o, policy);
+    s.ingest(ids);
+    for (int i = 0; i < 300; ++i) {
+      s.push(s.sample({}));
+      REQUIRE(s.context().size() <= 64);
+      s.context().validate(s.tree().num_tokens());
+    }
+    return std::vector<mc::WcEntry>(s.context().entries().begin(), s.context().entries().end());
+  };
+  const auto sinks = run(mc::SinksWindow{}, 4);
+  for (int t = 0; t < 4; ++t) CHECK(sinks[static_cast<std::size_t>(t)] == mc::WcEntry{t, 0, sinks[static_cast<std::size_t>(t)].changed_at});
+  const auto recency = run(mc::RecencyOnly{}, 4);
+  CHECK(recency.back().lod == 0);
+  CHECK(std::any_of(recency.begin(), recency.end(), [](const mc::WcEntry& x) { return x.lod > 0; }));
 }
