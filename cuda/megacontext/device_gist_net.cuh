@@ -12,6 +12,11 @@
 // the in-block attention with its RoPE, the pooling heads (both kMeanMlp and kQuery) are
 // detail/kernels/gist_net_kernels.cuh.
 //
+// Inference (training = false) fuses three passes over the [n·K, d] rows that training must keep
+// apart (its backward reads the intermediates): layer 0's RMSNorm also writes the residual copy
+// of the input, w1 and w3 are one GEMM by a packed [w1 | w3] (the normed rows are read once),
+// and the pooling RMSNorm and block mean are one kernel (the normed rows never reach memory).
+//
 // Memory: one allocation, sized in the constructor for at most `max_blocks` blocks per call by
 // the same carving code that hands out the buffers (device_bytes() gives the size without
 // allocating). With `training` the activations of every layer are kept for backward(); without,
@@ -223,6 +228,7 @@ class DeviceGistNet {
     float2* rope = nullptr;
     float* ones = nullptr;
     float* wpack = nullptr;  // [d, 3·da] wq | wk | wv of the block being run
+    float* w13pack = nullptr;  // inference: [d, 2·f] w1 | w3 of the block being run
     std::vector<LayerActs> acts;
     float* x_last = nullptr;
     float* hn = nullptr;
@@ -295,6 +301,7 @@ class DeviceGistNet {
     b.rope = c.take<float2>(K * (dh / 2));
     b.ones = c.take<float>(nb);
     b.wpack = c.take<float>(d * 3 * da);
+    b.w13pack = train ? nullptr : c.take<float>(d * 2 * f);
     const std::int64_t sets = train ? o.n_layers : 1;
     b.acts.assign(static_cast<std::size_t>(sets), LayerActs{});
     for (LayerActs& a : b.acts) {
@@ -446,6 +453,10 @@ class DeviceGistNet {
     return p;
   }
 
+  static unsigned norm_blocks(std::int64_t rows) {
+    return static_cast<unsigned>((rows + detail::kGistPoolThreads / 32 - 1) /
+                                 (detail::kGistPoolThreads / 32));
+  }
   static unsigned pool_blocks(std::int64_t count) {
     return static_cast<unsigned>(std::clamp<std::int64_t>(
         (count + detail::kGistPoolThreads - 1) / detail::kGistPoolThreads, 1,
@@ -473,12 +484,22 @@ class DeviceGistNet {
       const BlockPtrs& bw = w.blocks[l];
       const LayerActs& a = b_.acts[train ? l : 0];
       float* out = train ? (l + 1 < b_.acts.size() ? b_.acts[l + 1].x : b_.x_last) : a.x;
-      MC_CUDA_RETURN_IF_ERROR(rmsnorm_forward(x_in, bw.attn_norm, m, d, eps, a.xn1, a.rstd1, s));
+      if (!train && x_in != a.h) {
+        // Inference, layer 0: the caller's input is normed and copied into the residual stream
+        // in one pass (the copy the wo GEMM below accumulates onto).
+        detail::gist_rmsnorm_copy_kernel<<<norm_blocks(m), detail::kGistPoolThreads, 0, s>>>(
+            x_in, bw.attn_norm, m, static_cast<int>(d), static_cast<float>(eps), a.xn1, a.rstd1,
+            a.h);
+        MC_CUDA_RETURN_IF_ERROR(detail::after_launch(s));
+        x_in = a.h;
+      } else {
+        MC_CUDA_RETURN_IF_ERROR(rmsnorm_forward(x_in, bw.attn_norm, m, d, eps, a.xn1, a.rstd1, s));
+      }
       // One GEMM for q, k and v (reads xn1 once): [m, d] · [wq | wk | wv] → [m, 3·da]. The
       // packed copy is rebuilt from the flat weights every time, so optimiser steps on
       // d_weights() are always seen.
-      detail::gist_pack_qkv_kernel<<<pool_blocks(d * 3 * da), detail::kGistPoolThreads, 0, s>>>(
-          bw.wq, qkv_stride_, static_cast<int>(d), static_cast<int>(da), b_.wpack);
+      detail::gist_pack_cols_kernel<<<pool_blocks(d * 3 * da), detail::kGistPoolThreads, 0, s>>>(
+          bw.wq, qkv_stride_, 3, static_cast<int>(d), static_cast<int>(da), b_.wpack);
       MC_CUDA_RETURN_IF_ERROR(detail::after_launch(s));
       gemm(*blas_, false, false, m, 3 * da, d, 1.0f, a.xn1, d, b_.wpack, 3 * da, 0.0f, a.qkv,
            3 * da, mm, s);
@@ -499,19 +520,44 @@ class DeviceGistNet {
       if (a.h != x_in) MC_CUDA_RETURN_IF_ERROR(copy(a.h, x_in, m * d, s));
       gemm(*blas_, false, false, m, d, da, 1.0f, a.o, da, bw.wo, d, 1.0f, a.h, d, mm, s);
       MC_CUDA_RETURN_IF_ERROR(rmsnorm_forward(a.h, bw.mlp_norm, m, d, eps, a.xn2, a.rstd2, s));
-      gemm_strided_batched(*blas_, false, false, m, f, d, 1.0f, a.xn2, d, 0, bw.w1, f,
-                           w13_stride_, 0.0f, a.ab, f, m * f, 2, mm, s);
-      MC_CUDA_RETURN_IF_ERROR(swiglu_forward(a.ab, a.ab + m * f, m * f, a.g, s));
+      if (train) {
+        // The backward reads a and b as two [m, f] matrices.
+        gemm_strided_batched(*blas_, false, false, m, f, d, 1.0f, a.xn2, d, 0, bw.w1, f,
+                             w13_stride_, 0.0f, a.ab, f, m * f, 2, mm, s);
+        MC_CUDA_RETURN_IF_ERROR(swiglu_forward(a.ab, a.ab + m * f, m * f, a.g, s));
+      } else {
+        // One GEMM by [w1 | w3] reads xn2 once (the batched pair reads it twice): rows [a | b].
+        detail::gist_pack_cols_kernel<<<pool_blocks(d * 2 * f), detail::kGistPoolThreads, 0, s>>>(
+            bw.w1, w13_stride_, 2, static_cast<int>(d), static_cast<int>(f), b_.w13pack);
+        MC_CUDA_RETURN_IF_ERROR(detail::after_launch(s));
+        gemm(*blas_, false, false, m, 2 * f, d, 1.0f, a.xn2, d, b_.w13pack, 2 * f, 0.0f, a.ab,
+             2 * f, mm, s);
+        detail::gist_swiglu_rows_kernel<<<pool_blocks(m * 32), detail::kGistPoolThreads, 0, s>>>(
+            a.ab, m, static_cast<int>(f), a.g);
+        MC_CUDA_RETURN_IF_ERROR(detail::after_launch(s));
+      }
       if (out != a.h) MC_CUDA_RETURN_IF_ERROR(copy(out, a.h, m * d, s));
       gemm(*blas_, false, false, m, d, f, 1.0f, a.g, f, bw.w2, d, 1.0f, out, d, mm, s);
       x_in = out;
     }
-    MC_CUDA_RETURN_IF_ERROR(rmsnorm_forward(x_in, w.pool_norm, m, d, eps, b_.hn, b_.rstd_p, s));
+    const bool fused_mean = !train && opt_.pooling == GistPooling::kMeanMlp &&
+                            detail::gist_norm_mean_smem(K, static_cast<int>(d)) <= 48 * 1024;
+    if (fused_mean) {
+      // Inference: norm and block mean in one pass; the normed rows stay in shared memory.
+      detail::gist_norm_mean_kernel<<<static_cast<unsigned>(n), detail::kGistPoolThreads,
+                                      detail::gist_norm_mean_smem(K, static_cast<int>(d)), s>>>(
+          x_in, w.pool_norm, K, static_cast<int>(d), static_cast<float>(eps), b_.mean);
+      MC_CUDA_RETURN_IF_ERROR(detail::after_launch(s));
+    } else {
+      MC_CUDA_RETURN_IF_ERROR(rmsnorm_forward(x_in, w.pool_norm, m, d, eps, b_.hn, b_.rstd_p, s));
+    }
     if (opt_.pooling == GistPooling::kMeanMlp) {
       const std::int64_t p = opt_.d_pool;
-      detail::gist_block_mean_kernel<<<pool_blocks(n * d), detail::kGistPoolThreads, 0, s>>>(
-          b_.hn, n, K, static_cast<int>(d), b_.mean);
-      MC_CUDA_RETURN_IF_ERROR(detail::after_launch(s));
+      if (!fused_mean) {
+        detail::gist_block_mean_kernel<<<pool_blocks(n * d), detail::kGistPoolThreads, 0, s>>>(
+            b_.hn, n, K, static_cast<int>(d), b_.mean);
+        MC_CUDA_RETURN_IF_ERROR(detail::after_launch(s));
+      }
       gemm(*blas_, false, false, n, p, d, 1.0f, b_.mean, d, w.pool_w1, p, 0.0f, b_.pool_a, p, mm, s);
       detail::gist_silu_forward_kernel<<<pool_blocks(n * p), detail::kGistPoolThreads, 0, s>>>(
           b_.pool_a, n * p, b_.pool_s);

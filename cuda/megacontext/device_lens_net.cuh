@@ -10,6 +10,13 @@
 // score head are detail/kernels/lens_net_kernels.cuh. dL/dk and dL/dv, sums over all W entries,
 // are GEMMs over the stored softmax weights and their gradients (no atomics: deterministic).
 //
+// Inference (training = false) with TF32 GEMMs and a compiled-in shape (D 128 = 4 heads of 32,
+// (d_in, d_ff) in detail::kLensFusedShapes, Q <= 32, <= 8 layers, <= 32 features; the default
+// LensNet is one) runs the fused path instead: two kernels (detail/kernels/lens_net_fused_kernels.cuh), one for
+// the query memory's keys and values of every layer, one that runs the whole network per tile of
+// 64 entries with the tile in shared memory. fused() says whether a DeviceLensNet takes it (for
+// every forward whose d_x is 16-byte aligned, as cudaMalloc's pointers are).
+//
 // Memory: one allocation sized in the constructor for at most `max_entries` entries and
 // options.num_query query rows (device_bytes() gives the size without allocating). With
 // `training`, every layer's activations and copies of the inputs are kept for backward();
@@ -23,11 +30,14 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <iterator>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "megacontext/detail/buffer_checks.cuh"
+#include "megacontext/detail/kernels/lens_net_fused_kernels.cuh"
 #include "megacontext/detail/kernels/lens_net_kernels.cuh"
 #include "megacontext/detail/net_arena.cuh"
 #include "megacontext/device_gemm.cuh"
@@ -66,7 +76,10 @@ class DeviceLensNet {
   /// mc::CudaError when an allocation fails.
   DeviceLensNet(const LensNetOptions& options, const LensNetWeights<float>& weights,
                 DeviceLensNetOptions device = {})
-      : opt_(options), dev_(device), layout_(check_all(options, weights, device)) {
+      : opt_(options),
+        dev_(device),
+        layout_(check_all(options, weights, device)),
+        fused_(uses_fused(options, device)) {
     blas_ = std::make_unique<CublasHandle>();
     try {
       Buffers unused;
@@ -92,6 +105,13 @@ class DeviceLensNet {
         MC_CUDA_TRY(cudaFuncSetAttribute(detail::lens_attention_backward_kernel,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(smem)));
+      }
+      if (fused_) {
+        with_fused_shape(opt_.d_in, opt_.d_ff, [&]<int DIn, int DFf>() {
+          MC_CUDA_TRY(cudaFuncSetAttribute(detail::lens_fused_forward_kernel<DIn, DFf>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           static_cast<int>(detail::kLensFusedSmemBytes)));
+        });
       }
       MC_CUDA_TRY(cudaDeviceSynchronize());
     } catch (...) {
@@ -120,6 +140,10 @@ class DeviceLensNet {
   const DeviceLensNetOptions& device_options() const { return dev_; }
   /// Bytes of the one device allocation.
   std::size_t device_bytes() const { return arena_bytes_; }
+  /// Whether forward() runs the fused inference kernels (see the file comment) rather than the
+  /// cuBLAS + kernel sequence; fixed at construction (a forward whose d_x is not 16-byte
+  /// aligned still takes the unfused path).
+  bool fused() const { return fused_; }
   /// Floats of the flat weight (and gradient) buffer, padding included (padding stays 0).
   std::int64_t num_flat() const { return layout_.total(); }
   /// The flat weights on the device (for an optimiser such as device_adamw.cuh).
@@ -226,6 +250,7 @@ class DeviceLensNet {
     float* feat = nullptr;
     float* query = nullptr;
     float* memory = nullptr;  // [Q, D]
+    float* kv_all = nullptr;  // fused path: [n_layers, 2, Q, D]
     std::vector<LayerActs> acts;
     float* h_last = nullptr;
     float* hf = nullptr;
@@ -271,6 +296,35 @@ class DeviceLensNet {
                "allows ", kLensNetMaxSmemBytes);
   }
 
+  // Calls f.template operator()<d_in, d_ff>() for the compiled-in fused shape equal to (d_in,
+  // d_ff); false when there is none.
+  template <std::size_t I = 0, class F>
+  static bool with_fused_shape(std::int64_t d_in, std::int64_t d_ff, F&& f) {
+    if constexpr (I < std::size(detail::kLensFusedShapes)) {
+      constexpr detail::LensFusedShape shape = detail::kLensFusedShapes[I];
+      if (d_in == shape.d_in && d_ff == shape.d_ff) {
+        f.template operator()<shape.d_in, shape.d_ff>();
+        return true;
+      }
+      return with_fused_shape<I + 1>(d_in, d_ff, std::forward<F>(f));
+    } else {
+      (void)d_in;
+      (void)d_ff;
+      (void)f;
+      return false;
+    }
+  }
+
+  static bool uses_fused(const LensNetOptions& o, const DeviceLensNetOptions& dv) {
+    return !dv.training && dv.math == GemmMath::kTf32 && o.d_model == detail::kLfD &&
+           o.n_heads == detail::kLfHeads && o.num_query <= detail::kLfMaxQuery &&
+           o.n_layers <= detail::kLfMaxLayers && o.num_features() <= detail::kLfMaxFeatures &&
+           std::any_of(std::begin(detail::kLensFusedShapes), std::end(detail::kLensFusedShapes),
+                       [&](const detail::LensFusedShape& sh) {
+                         return sh.d_in == o.d_in && sh.d_ff == o.d_ff;
+                       });
+  }
+
   static detail::FlatLayout check_all(const LensNetOptions& o, const LensNetWeights<float>& w,
                                       const DeviceLensNetOptions& dv) {
     check_sizes(o, dv);
@@ -299,6 +353,7 @@ class DeviceLensNet {
       b.query = c.take<float>(qm * d);
     }
     b.memory = c.take<float>(qm * dm);
+    if (uses_fused(o, dv)) b.kv_all = c.take<float>(o.n_layers * 2 * qm * dm);
     b.acts.assign(static_cast<std::size_t>(train ? o.n_layers : 1), LayerActs{});
     for (LayerActs& a : b.acts) {
       a.x = c.take<float>(wm * dm);
@@ -388,9 +443,55 @@ class DeviceLensNet {
     return detail::lens_attn_smem(static_cast<int>(nq), static_cast<int>(opt_.d_head()));
   }
 
+  // The fused inference forward: keys and values of every layer, then one block per 64 entries.
+  cudaError_t forward_fused(const float* d_x, const float* d_features, std::int64_t w,
+                            const float* d_query, std::int64_t nq, float* d_scores,
+                            cudaStream_t s) {
+    detail::LensFusedParams p{};
+    p.x = d_x;
+    p.feat = d_features;
+    p.query = d_query;
+    p.kv = b_.kv_all;
+    p.w_in = w_.w_in;
+    p.w_feat = w_.w_feat;
+    p.b_in = w_.b_in;
+    for (std::size_t l = 0; l < w_.layers.size(); ++l) {
+      const LayerPtrs& lw = w_.layers[l];
+      p.layers[l] = {lw.attn_norm, lw.mem_norm, lw.wq,          lw.wk,
+                     lw.wk + kv_stride_, lw.wo,  lw.mlp_norm, lw.w1,
+                     lw.w1 + w13_stride_, lw.w2};
+    }
+    p.out_norm = w_.out_norm;
+    p.w_out = w_.w_out;
+    p.b_out = w_.b_out;
+    p.scores = d_scores;
+    p.w = w;
+    p.n_layers = static_cast<int>(opt_.n_layers);
+    p.nq = static_cast<int>(nq);
+    p.n_feat = static_cast<int>(opt_.num_features());
+    p.eps = static_cast<float>(opt_.norm_eps);
+    p.scale = 1.0f / std::sqrt(static_cast<float>(opt_.d_head()));
+    cudaError_t st = cudaSuccess;
+    with_fused_shape(opt_.d_in, opt_.d_ff, [&]<int DIn, int DFf>() {
+      detail::lens_memory_kv_kernel<DIn><<<dim3(static_cast<unsigned>(nq),
+                                                static_cast<unsigned>(opt_.n_layers)),
+                                           detail::kLfKvThreads, 0, s>>>(p);
+      st = detail::after_launch(s);
+      if (st != cudaSuccess) return;
+      const auto tiles = static_cast<unsigned>((w + detail::kLfTile - 1) / detail::kLfTile);
+      detail::lens_fused_forward_kernel<DIn, DFf>
+          <<<tiles, detail::kLfThreads, detail::kLensFusedSmemBytes, s>>>(p);
+      st = detail::after_launch(s);
+    });
+    return st;
+  }
+
   cudaError_t forward_impl(const float* d_x, const float* d_features, std::int64_t w,
                            const float* d_query, std::int64_t nq, float* d_scores,
                            cudaStream_t s) {
+    // The fused kernel copies x in 16-byte pieces; other alignments take the unfused path.
+    if (fused_ && reinterpret_cast<std::uintptr_t>(d_x) % 16 == 0)
+      return forward_fused(d_x, d_features, w, d_query, nq, d_scores, s);
     const std::int64_t d = opt_.d_in, dm = opt_.d_model, f = opt_.d_ff, nf = opt_.num_features();
     const double eps = opt_.norm_eps;
     const GemmMath mm = dev_.math;
@@ -537,6 +638,7 @@ class DeviceLensNet {
   LensNetOptions opt_;
   DeviceLensNetOptions dev_;
   detail::FlatLayout layout_;
+  bool fused_ = false;
   std::unique_ptr<CublasHandle> blas_;
   void* arena_ = nullptr;
   std::size_t arena_bytes_ = 0;

@@ -9,7 +9,8 @@
 // query memories of every row count from 1 to num_query, with fresh random inputs, weights
 // (norm gains ~N(1, 0.2), biases non-zero, larger init) and upstream gradients, outputs poisoned
 // and guarded, on a stream and through a CUDA graph (replayed twice). Also: backward(accumulate)
-// doubles every gradient, and the inference mode gives the training mode's scores.
+// doubles every gradient, the inference mode gives the training mode's scores, and the fused
+// inference kernels (default shape, TF32) give the CPU's scores and the unfused forward's.
 //
 // Bounds. Exact fp32 GEMMs: per tensor |err| <= 1e-4·max|ref| + 1e-3·|ref| and NMSE <= 1e-9.
 // TF32 GEMMs (u = 2^-11): |err| <= 3e-2·max|ref| + 3e-2·|ref| and NMSE <= 1e-4 (the decoder's
@@ -236,4 +237,80 @@ TEST_CASE("cuda lens_net: inference mode (no activations kept) gives the trainin
   CHECK_MESSAGE(cmp.ok, cmp.report);
   CHECK(d_x.download() == flat(x));  // inputs are read, never written
   CHECK_THROWS_WITH_AS(infer.backward(a.data()), doctest::Contains("training = true"), mc::Error);
+}
+
+TEST_CASE("cuda lens_net: the fused inference path matches the CPU LensNet and the unfused forward") {
+  const mc::test::Stream stream;
+  const mc::LensNetOptions o = default_options();
+  struct Case {
+    std::int64_t w, nq;
+    std::size_t x_misalign;  // bytes; not a multiple of 16: the forward takes the unfused path
+  };
+  // Tiles of 64 entries: a lone entry, a partial tile, a ragged tail (333 = 5·64 + 13), full
+  // tiles; query memories of 1 (softmax over one key), 5 and 32 (all) rows.
+  const Case cases[] = {{1, 1, 0},    {7, 5, 0},    {333, 32, 0},  {333, 1, 0},
+                        {1000, 5, 0}, {8192, 32, 0}, {333, 5, 4}};
+  int i = 0;
+  for (const Case& c : cases) {
+    const LaunchMode mode = mc::test::kLaunchModes[i++ % 2];
+    INFO("W = ", c.w, " Q = ", c.nq, " x misaligned by ", c.x_misalign, " bytes, launch = ",
+         mc::test::to_string(mode), " ", mc::test::seed_info());
+    const std::uint64_t salt = static_cast<std::uint64_t>(c.w * 7919 + c.nq * 31 + 5);
+    const auto wf = make_weights(o, salt);
+    const auto x = normal_matrix(c.w, o.d_in, salt + 2);
+    const auto feat = normal_matrix(c.w, o.num_features(), salt + 3, 0.5f, 0.3f);
+    const auto query = normal_matrix(c.nq, o.d_in, salt + 4);
+    mc::LensNet<double> ref(o, wf.cast<double>());
+    mc::reference::Vector<double> scores_ref;
+    ref.forward(x.cast<double>(), feat.cast<double>(), query.cast<double>(), scores_ref);
+
+    mc::cuda::DeviceLensNetOptions infer_dev, train_dev;
+    infer_dev.max_entries = train_dev.max_entries = c.w;
+    infer_dev.training = false;
+    infer_dev.math = train_dev.math = GemmMath::kTf32;
+    mc::cuda::DeviceLensNet infer(o, wf, infer_dev), train(o, wf, train_dev);
+    REQUIRE(infer.fused());
+    CHECK_FALSE(train.fused());
+    GuardedBuffer<float> d_x(static_cast<std::size_t>(x.size()), c.x_misalign),
+        d_feat(static_cast<std::size_t>(feat.size())),
+        d_query(static_cast<std::size_t>(query.size())), a(static_cast<std::size_t>(c.w)),
+        b(static_cast<std::size_t>(c.w));
+    d_x.upload(flat(x));
+    d_feat.upload(flat(feat));
+    d_query.upload(flat(query));
+    a.poison();
+    b.poison();
+    mc::test::launch(mode, stream, [&](cudaStream_t s) {
+      return infer.forward(d_x.data(), d_feat.data(), c.w, d_query.data(), c.nq, b.data(), s);
+    });
+    MC_CUDA_TRY(train.forward(d_x.data(), d_feat.data(), c.w, d_query.data(), c.nq, a.data(),
+                              stream.get()));
+    stream.sync();
+    for (auto* buf : {&d_x, &d_feat, &d_query, &a, &b}) CHECK(buf->guards_intact());
+    const std::vector<float> fused = b.download(), unfused = a.download();
+    check_close("fused scores vs CPU", fused, flat_d(scores_ref), GemmMath::kTf32);
+    if (c.w == 8192) {  // the errors, for docs/results
+      double mx = 0.0;
+      for (double r : flat_d(scores_ref)) mx = std::max(mx, std::abs(r));
+      MESSAGE("W = 8192, Q = 32, fused vs CPU: ",
+              mc::test::compare_close(fused, flat_d(scores_ref), 3e-2 * mx, 3e-2, 1e-4).report);
+      MESSAGE("W = 8192, Q = 32, unfused TF32 vs CPU: ",
+              mc::test::compare_close(unfused, flat_d(scores_ref), 3e-2 * mx, 3e-2, 1e-4).report);
+    }
+    check_close("fused vs unfused scores", fused,
+                std::vector<double>(unfused.begin(), unfused.end()), GemmMath::kTf32);
+    CHECK(d_x.download() == flat(x));  // inputs are read, never written
+  }
+  // Other GEMM modes, training, and shapes that are not compiled in take the unfused path.
+  mc::cuda::DeviceLensNetOptions dev;
+  dev.training = false;
+  dev.max_entries = 16;
+  dev.math = GemmMath::kFp32;
+  CHECK_FALSE(mc::cuda::DeviceLensNet(o, make_weights(o, 3), dev).fused());
+  dev.math = GemmMath::kTf32;
+  CHECK_FALSE(mc::cuda::DeviceLensNet(awkward_options(), make_weights(awkward_options(), 4), dev)
+                  .fused());
+  mc::LensNetOptions many_rows = o;
+  many_rows.num_query = 33;
+  CHECK_FALSE(mc::cuda::DeviceLensNet(many_rows, make_weights(many_rows, 5), dev).fused());
 }

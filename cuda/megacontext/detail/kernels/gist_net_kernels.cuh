@@ -8,7 +8,8 @@
 // softmax and its product with v. The backward recomputes the probabilities from the stored
 // (rotated) q and k with the same arithmetic, so it needs no [n·K, K] probability buffer.
 // Pooling: the mean over each block's K rows and its broadcast backward, SiLU and its backward
-// for head A, and one warp per (block, head) for the learned-query head B.
+// for head A, and one warp per (block, head) for the learned-query head B. Inference-only fusions
+// (RMSNorm + residual copy, SwiGLU over packed [a | b] rows, RMSNorm + block mean) at the end.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -435,17 +436,98 @@ __global__ void __launch_bounds__(kGistQueryWarps * 32) gist_query_backward_kern
   }
 }
 
-/// out [d, 3·d_attn] = [w0 | w1 | w2] for three row-major [d, d_attn] matrices w_k = w + k·stride
-/// (wq, wk, wv of one block), so one GEMM reads the normed input once for all three projections.
+/// out [d, parts·cols] = [w0 | w1 | …] for `parts` row-major [d, cols] matrices w_k = w + k·stride
+/// (wq, wk, wv of one block; or w1, w3), so one GEMM reads the normed input once for all of them.
 __global__ void __launch_bounds__(kGistPoolThreads)
-    gist_pack_qkv_kernel(const float* w, std::int64_t stride, int d, int d_attn, float* out) {
-  const std::int64_t total = static_cast<std::int64_t>(d) * 3 * d_attn;
+    gist_pack_cols_kernel(const float* w, std::int64_t stride, int parts, int d, int cols,
+                          float* out) {
+  const std::int64_t total = static_cast<std::int64_t>(d) * parts * cols;
   for (std::int64_t i = blockIdx.x * std::int64_t{kGistPoolThreads} + threadIdx.x; i < total;
        i += std::int64_t{gridDim.x} * kGistPoolThreads) {
-    const std::int64_t r = i / (3 * d_attn);
-    const int col = static_cast<int>(i % (3 * d_attn));
-    const int k = col / d_attn, c = col % d_attn;
-    out[i] = w[k * stride + r * d_attn + c];
+    const std::int64_t r = i / (parts * cols);
+    const int col = static_cast<int>(i % (parts * cols));
+    const int k = col / cols, c = col % cols;
+    out[i] = w[k * stride + r * cols + c];
+  }
+}
+
+// Inference-only fusions (the training path keeps the unfused passes, whose intermediates the
+// backward reads). Each repeats the arithmetic of the kernels it replaces (rmsnorm_kernels.cuh,
+// swiglu_kernels.cuh, gist_block_mean_kernel), in the same order, so inference and training give
+// the same bits up to the GEMMs' own summation order; what they save is passes over [n·K, d].
+
+/// rmsnorm_forward_kernel (one warp per row) that also writes `copy` = x: layer 0 of inference
+/// needs the input both normed and as the residual stream, and this reads it once instead of twice.
+__global__ void __launch_bounds__(kGistPoolThreads)
+    gist_rmsnorm_copy_kernel(const float* x, const float* w, std::int64_t n, int d, float eps,
+                             float* y, float* rstd, float* copy) {
+  const int lane = static_cast<int>(threadIdx.x) % 32;
+  const std::int64_t row = static_cast<std::int64_t>(blockIdx.x) * (kGistPoolThreads / 32) +
+                           static_cast<std::int64_t>(threadIdx.x) / 32;
+  if (row >= n) return;
+  const float* xr = x + row * d;
+  float ss = 0.0f;
+  for (int c = lane; c < d; c += 32) ss += xr[c] * xr[c];
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+  const float r = rsqrtf(ss / static_cast<float>(d) + eps);
+  float* yr = y + row * d;
+  float* cr = copy + row * d;
+  for (int c = lane; c < d; c += 32) {
+    const float v = xr[c];
+    yr[c] = v * r * w[c];
+    cr[c] = v;
+  }
+  if (lane == 0) rstd[row] = r;
+}
+
+/// g [rows, f] = silu(a) ∘ b over the packed rows ab [rows, 2f] = [a | b] (one GEMM by [w1 | w3]);
+/// one warp per row (no per-element index division: this pass is memory-bound only that way).
+__global__ void __launch_bounds__(kGistPoolThreads)
+    gist_swiglu_rows_kernel(const float* ab, std::int64_t rows, int f, float* g) {
+  const int lane = static_cast<int>(threadIdx.x) % 32;
+  const std::int64_t warps = std::int64_t{gridDim.x} * (kGistPoolThreads / 32);
+  for (std::int64_t r = static_cast<std::int64_t>(blockIdx.x) * (kGistPoolThreads / 32) +
+                        static_cast<std::int64_t>(threadIdx.x) / 32;
+       r < rows; r += warps) {
+    const float* a = ab + r * 2 * f;
+    float* gr = g + r * f;
+    for (int j = lane; j < f; j += 32) {
+      const float av = a[j];
+      gr[j] = av * gist_sigmoid(av) * a[j + f];
+    }
+  }
+}
+
+/// Dynamic shared memory of gist_norm_mean_kernel: one block's K normed rows.
+inline std::size_t gist_norm_mean_smem(int k_block, int d) {
+  return static_cast<std::size_t>(k_block) * static_cast<std::size_t>(d) * sizeof(float);
+}
+
+/// out[b, c] = mean over the K rows of block b of RMSNorm(x)·w: the pooling norm and the block mean
+/// in one pass (one thread block per gist block), so the normed [n·K, d] never reaches memory.
+__global__ void __launch_bounds__(kGistPoolThreads)
+    gist_norm_mean_kernel(const float* x, const float* w, int k_block, int d, float eps,
+                          float* out) {
+  extern __shared__ float s_rows[];
+  const int lane = static_cast<int>(threadIdx.x) % 32;
+  const int warp = static_cast<int>(threadIdx.x) / 32;
+  const std::int64_t b = blockIdx.x;
+  for (int r = warp; r < k_block; r += kGistPoolThreads / 32) {
+    const float* xr = x + (b * k_block + r) * d;
+    float ss = 0.0f;
+    for (int c = lane; c < d; c += 32) ss += xr[c] * xr[c];
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    const float rs = rsqrtf(ss / static_cast<float>(d) + eps);
+    for (int c = lane; c < d; c += 32) s_rows[r * d + c] = xr[c] * rs * w[c];
+  }
+  __syncthreads();
+  const float inv_k = 1.0f / static_cast<float>(k_block);
+  for (int c = static_cast<int>(threadIdx.x); c < d; c += kGistPoolThreads) {
+    float s = 0.0f;
+    for (int r = 0; r < k_block; ++r) s += s_rows[r * d + c];
+    out[b * d + c] = s * inv_k;
   }
 }
 
