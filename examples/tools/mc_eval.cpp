@@ -5,12 +5,17 @@
 //   mc_eval window  --model F --tokenizer F [--valid FILE] [--trials N] [--context T]
 //       in-window retrieval (teacher-forced: every answer token is the arg-max) of the base
 //       model on the three synthetic tasks, and its validation NLL at context T
-//   mc_eval passkey --model F --tokenizer F [--lengths 8192,32768] [--budgets 512,1024]
-//                   [--trials N] [--policies recency]
-//       pass-key retrieval through a Session at each history length and W_max
+//   mc_eval retrieval --model F --tokenizer F [--tasks passkey,kv_lookup,multi_hop]
+//                   [--lengths 8192,32768] [--budgets 512,1024] [--trials N] [--policies ...]
+//       retrieval through a Session at each history length and W_max (`passkey` is the same
+//       with --tasks passkey)
 //   mc_eval stream  --model F --tokenizer F --input FILE [--budgets ...] [--max-tokens N]
 //                   [--warmup N] [--policies ...]
 //       long-document NLL through a Session (eval/stream_nll.hpp)
+// Policies (the same seeds for each): recency (MegaContext with the RecencyScorer over
+// mean-pooled gists, BudgetOptimal), recency_only (the layout ablation), truncation (the newest
+// W_max tokens), sinks (StreamingLLM: 4 sinks + the newest tokens). Layout policies are laid out
+// at every refocus (every K tokens); docs/concepts/baselines.md.
 // Every subcommand takes --out PREFIX (writes PREFIX.md and PREFIX.json) and --seed S; the same
 // seeds are used for every policy.
 #include <megacontext/eval/report.hpp>
@@ -19,6 +24,8 @@
 #include <megacontext/eval/tasks.hpp>
 #include <megacontext/megacontext.hpp>
 #include <megacontext/reference/llama_io.hpp>
+
+#include <sys/resource.h>
 
 #include <chrono>
 #include <cstdio>
@@ -44,7 +51,8 @@ struct Args {
   std::string cmd;
   fs::path model, tokenizer, valid = "build/corpus/valid.txt", input, out = "mc_eval";
   std::vector<std::int64_t> lengths = {8192}, budgets = {512};
-  std::vector<std::string> policies = {"recency"};
+  std::vector<std::string> policies = {"recency", "truncation"};
+  std::vector<std::string> tasks = {"passkey"};
   std::int64_t trials = 20, context = 1024, max_tokens = 0, warmup = 2048;
   std::uint64_t seed = 1;
   std::string command;
@@ -93,33 +101,58 @@ Args parse(int argc, char** argv) {
     else if (arg.is("--warmup")) a.warmup = arg.integer();
     else if (arg.is("--seed")) a.seed = static_cast<std::uint64_t>(arg.integer());
     else if (arg.is("--policies")) a.policies = split(arg.value());
+    else if (arg.is("--tasks")) a.tasks = split(arg.value());
     else if (arg.is("--lengths")) a.lengths = integers();
     else if (arg.is("--budgets")) a.budgets = integers();
     else arg.unknown();
   }
-  MC_EXPECTS(a.cmd == "window" || a.cmd == "passkey" || a.cmd == "stream",
+  MC_EXPECTS(a.cmd == "window" || a.cmd == "passkey" || a.cmd == "retrieval" ||
+                 a.cmd == "stream",
              mc::Errc::kInvalidArgument, "unknown subcommand '", a.cmd,
-             "'; use window, passkey or stream");
+             "'; use window, retrieval, passkey or stream");
+  if (a.cmd == "passkey") a.tasks = {"passkey"};
+  for (const auto& t : a.tasks)
+    MC_EXPECTS(t == "passkey" || t == "kv_lookup" || t == "multi_hop", mc::Errc::kInvalidArgument,
+               "unknown task '", t, "'; available: passkey, kv_lookup, multi_hop");
   MC_EXPECTS(!a.model.empty() && !a.tokenizer.empty(), mc::Errc::kInvalidArgument,
              "--model and --tokenizer are required");
   MC_EXPECTS(a.trials >= 1 && a.context >= 16, mc::Errc::kInvalidArgument,
              "--trials must be >= 1 and --context >= 16");
   for (const auto& p : a.policies)
-    MC_EXPECTS(p == "recency", mc::Errc::kInvalidArgument, "unknown policy '", p,
-               "'; available: recency");
+    MC_EXPECTS(p == "recency" || p == "recency_only" || p == "truncation" || p == "sinks",
+               mc::Errc::kInvalidArgument, "unknown policy '", p,
+               "'; available: recency, recency_only, truncation, sinks");
   return a;
 }
 
-// Session options for a policy name at budget w: "recency" keeps the newest quarter of the
-// budget as tokens and lets RecencyScorer + BudgetOptimal refocus the rest over mean-pooled gists.
-mc::SessionOptions session_options(const std::string& /*policy*/, std::int64_t w) {
+// Session options for a policy at budget w: the newest quarter of the budget stays as tokens
+// (protected), truncation keeps no sinks.
+mc::SessionOptions session_options(const std::string& policy, std::int64_t w) {
   mc::SessionOptions so;
   so.context.w_max = w;
+  so.context.sink_tokens = policy == "truncation" ? 0 : 4;
   so.focus.recent_tokens = w / 4;
   return so;
 }
 
-using Session = mc::Session<C, Model, Gister, mc::RecencyScorer>;
+template <class P>
+using Session = mc::Session<C, Model, Gister, mc::RecencyScorer, P>;
+
+// Calls f(policy object) with the policy type named `name`.
+template <class F>
+void with_policy(const std::string& name, F&& f) {
+  if (name == "recency") f(mc::BudgetOptimal{});
+  else if (name == "recency_only") f(mc::RecencyOnly{});
+  else if (name == "truncation") f(mc::Truncation{});
+  else f(mc::SinksWindow{});
+}
+
+// Peak resident memory of the process so far, in MiB (getrusage).
+double peak_mib() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<double>(u.ru_maxrss) / 1024.0;
+}
 
 std::map<std::string, std::string> meta(const Args& a) {
   return {{"command", a.command}, {"model", a.model.string()}, {"seed", std::to_string(a.seed)}};
@@ -197,41 +230,49 @@ int window(const Args& a, Model& model, mc::Tokenizer& tok) {
   return 0;
 }
 
-int passkey(const Args& a, Model& model, mc::Tokenizer& tok) {
+int retrieval(const Args& a, Model& model, mc::Tokenizer& tok) {
   std::vector<mc::eval::ResultRow> rows;
   Gister gister(model.weights().embedding);
   mc::RecencyScorer scorer{1024};
-  for (const std::int64_t len : a.lengths)
-    for (const std::int64_t w : a.budgets)
-      for (const auto& policy : a.policies) {
-        std::int64_t right = 0;
-        double us = 0;
-        mc::tools::ProgressBar bar(a.trials, policy + " W=" + std::to_string(w) + " " + std::to_string(len));
-        for (std::int64_t i = 0; i < a.trials; ++i) {
-          mc::eval::TaskOptions o;
-          o.seed = a.seed * 1000003 + static_cast<std::uint64_t>(i);  // same trials per policy
-          o.context_chars = static_cast<std::size_t>(len * 3);
-          const auto t = mc::eval::passkey_trial(o);
-          Session s(model, gister, scorer, mc::MemoryTree<C>(model.dim()), session_options(policy, w));
-          s.ingest_text(tok, t.context);
-          const auto t0 = std::chrono::steady_clock::now();
-          s.ingest_text(tok, t.question);
-          std::string answer;
-          for (int k = 0; k < 6; ++k) {
-            const mc::TokenId id = s.sample({});
-            s.push(id);
-            answer += tok.token_bytes(id);
+  for (const auto& task : a.tasks)
+    for (const std::int64_t len : a.lengths)
+      for (const std::int64_t w : a.budgets)
+        for (const auto& policy : a.policies) {
+          std::int64_t right = 0;
+          double us = 0;
+          mc::tools::ProgressBar bar(a.trials, task + " " + policy + " W=" + std::to_string(w) +
+                                                   " " + std::to_string(len));
+          for (std::int64_t i = 0; i < a.trials; ++i) {
+            mc::eval::TaskOptions o;
+            o.seed = a.seed * 1000003 + static_cast<std::uint64_t>(i);  // same trials per policy
+            o.context_chars = static_cast<std::size_t>(len * 3);
+            const auto t = task == "passkey"     ? mc::eval::passkey_trial(o)
+                           : task == "kv_lookup" ? mc::eval::kv_lookup_trial(o)
+                                                 : mc::eval::multi_hop_trial(o);
+            with_policy(policy, [&](auto p) {
+              Session<decltype(p)> s(model, gister, scorer, mc::MemoryTree<C>(model.dim()),
+                                     session_options(policy, w), p);
+              s.ingest_text(tok, t.context);
+              const auto t0 = std::chrono::steady_clock::now();
+              s.ingest_text(tok, t.question);
+              std::string answer;
+              for (int k = 0; k < 6; ++k) {
+                const mc::TokenId id = s.sample({});
+                s.push(id);
+                answer += tok.token_bytes(id);
+              }
+              us += std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0)
+                        .count() / 6;
+              right += mc::eval::answered(t, answer);
+            });
+            bar.update(i + 1);
           }
-          us += std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count() / 6;
-          right += mc::eval::answered(t, answer);
-          bar.update(i + 1);
+          bar.finish();
+          rows.push_back({task, policy, w, len, "accuracy",
+                          mc::eval::proportion_interval(right, a.trials),
+                          us / static_cast<double>(a.trials), peak_mib()});
         }
-        bar.finish();
-        rows.push_back({"passkey", policy, w, len, "accuracy",
-                        mc::eval::proportion_interval(right, a.trials),
-                        us / static_cast<double>(a.trials), 0});
-      }
-  write(a, rows, "Pass-key retrieval through a Session (mean-pooled gists)");
+  write(a, rows, "Retrieval through a Session (mean-pooled gists; answers greedy)");
   return 0;
 }
 
@@ -244,15 +285,17 @@ int stream(const Args& a, Model& model, mc::Tokenizer& tok) {
   Gister gister(model.weights().embedding);
   mc::RecencyScorer scorer{1024};
   for (const std::int64_t w : a.budgets)
-    for (const auto& policy : a.policies) {
-      Session s(model, gister, scorer, mc::MemoryTree<C>(model.dim()), session_options(policy, w));
-      const auto r = mc::eval::stream_nll(s, ids, a.warmup);
-      rows.push_back({"stream_nll " + a.input.filename().string(), policy, w,
-                      static_cast<std::int64_t>(ids.size()), "nats/token", r.summary,
-                      1e6 * r.seconds / static_cast<double>(r.tokens), 0});
-      std::cerr << policy << " W=" << w << ": " << r.summary.mean << " nats/token over "
-                << r.tokens << " tokens in " << r.seconds << " s\n";
-    }
+    for (const auto& policy : a.policies)
+      with_policy(policy, [&](auto p) {
+        Session<decltype(p)> s(model, gister, scorer, mc::MemoryTree<C>(model.dim()),
+                               session_options(policy, w), p);
+        const auto r = mc::eval::stream_nll(s, ids, a.warmup);
+        rows.push_back({"stream_nll " + a.input.filename().string(), policy, w,
+                        static_cast<std::int64_t>(ids.size()), "nats/token", r.summary,
+                        1e6 * r.seconds / static_cast<double>(r.tokens), peak_mib()});
+        std::cerr << policy << " W=" << w << ": " << r.summary.mean << " nats/token over "
+                  << r.tokens << " tokens in " << r.seconds << " s\n";
+      });
   write(a, rows, "Long-document NLL through a Session");
   return 0;
 }
@@ -266,7 +309,7 @@ int main(int argc, char** argv) try {
   MC_EXPECTS(tok.vocab_size() <= model.dims().n_vocab, mc::Errc::kConfigMismatch,
              "the tokenizer has ", tok.vocab_size(), " ids, the model ", model.dims().n_vocab);
   if (a.cmd == "window") return window(a, model, tok);
-  if (a.cmd == "passkey") return passkey(a, model, tok);
+  if (a.cmd == "passkey" || a.cmd == "retrieval") return retrieval(a, model, tok);
   return stream(a, model, tok);
 } catch (const std::exception& e) {
   std::cerr << "mc_eval: " << e.what() << "\n";
