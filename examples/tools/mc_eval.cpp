@@ -44,7 +44,13 @@ namespace {
 
 namespace fs = std::filesystem;
 using C = mc::DefaultConfig;
+// mc_eval_gpu.cu compiles this file again with MC_EVAL_GPU: the same tables with the decoder
+// on the GPU (cuda/megacontext/device_llama_model.cuh), everything else unchanged.
+#ifdef MC_EVAL_GPU
+using Model = mc::cuda::DeviceLlamaModel;
+#else
 using Model = mc::reference::LlamaModel<float>;
+#endif
 using Gister = mc::MeanPoolGister<C>;
 
 struct Args {
@@ -191,13 +197,19 @@ int window(const Args& a, Model& model, mc::Tokenizer& tok) {
     for (std::int64_t i = 0; i < a.trials; ++i) {
       mc::eval::TaskOptions o;
       o.seed = a.seed * 1000003 + static_cast<std::uint64_t>(i);  // below 2^40: never trained on
-      o.context_chars = static_cast<std::size_t>((a.context - 48) * 3);
-      const auto t = kind == 0 ? mc::eval::passkey_trial(o)
-                     : kind == 1 ? mc::eval::kv_lookup_trial(o) : mc::eval::multi_hop_trial(o);
-      auto ids = tok.encode(t.context + t.question);
-      const auto begin = static_cast<std::int64_t>(ids.size());
-      const auto ans = tok.encode(" " + t.answer);
-      ids.insert(ids.end(), ans.begin(), ans.end());
+      // At most `context` tokens in all: shrink the haystack until the trial fits.
+      std::vector<mc::TokenId> ids;
+      std::int64_t begin = 0;
+      for (o.context_chars = static_cast<std::size_t>((a.context - 48) * 3);;
+           o.context_chars = o.context_chars * 9 / 10) {
+        const auto t = kind == 0 ? mc::eval::passkey_trial(o)
+                       : kind == 1 ? mc::eval::kv_lookup_trial(o) : mc::eval::multi_hop_trial(o);
+        ids = tok.encode(t.context + t.question);
+        begin = static_cast<std::int64_t>(ids.size());
+        const auto ans = tok.encode(" " + t.answer);
+        ids.insert(ids.end(), ans.begin(), ans.end());
+        if (static_cast<std::int64_t>(ids.size()) <= a.context) break;
+      }
       right += teacher_forced(model, ids, begin);
       bar.update(i + 1);
     }
@@ -230,9 +242,9 @@ int window(const Args& a, Model& model, mc::Tokenizer& tok) {
   return 0;
 }
 
-int retrieval(const Args& a, Model& model, mc::Tokenizer& tok) {
+int retrieval(const Args& a, Model& model, const Gister& gister_table, mc::Tokenizer& tok) {
   std::vector<mc::eval::ResultRow> rows;
-  Gister gister(model.weights().embedding);
+  Gister gister = gister_table;
   mc::RecencyScorer scorer{1024};
   for (const auto& task : a.tasks)
     for (const std::int64_t len : a.lengths)
@@ -276,13 +288,13 @@ int retrieval(const Args& a, Model& model, mc::Tokenizer& tok) {
   return 0;
 }
 
-int stream(const Args& a, Model& model, mc::Tokenizer& tok) {
+int stream(const Args& a, Model& model, const Gister& gister_table, mc::Tokenizer& tok) {
   MC_EXPECTS(!a.input.empty(), mc::Errc::kInvalidArgument, "stream needs --input FILE");
   auto ids = tok.encode(mc::tools::read_file(a.input));
   if (a.max_tokens > 0 && static_cast<std::int64_t>(ids.size()) > a.max_tokens)
     ids.resize(static_cast<std::size_t>(a.max_tokens));
   std::vector<mc::eval::ResultRow> rows;
-  Gister gister(model.weights().embedding);
+  Gister gister = gister_table;
   mc::RecencyScorer scorer{1024};
   for (const std::int64_t w : a.budgets)
     for (const auto& policy : a.policies)
@@ -304,13 +316,22 @@ int stream(const Args& a, Model& model, mc::Tokenizer& tok) {
 
 int main(int argc, char** argv) try {
   const Args a = parse(argc, argv);
-  Model model = mc::reference::load_llama(a.model);
+  auto cpu = mc::reference::load_llama(a.model);
   mc::Tokenizer tok = mc::Tokenizer::load(a.tokenizer);
-  MC_EXPECTS(tok.vocab_size() <= model.dims().n_vocab, mc::Errc::kConfigMismatch,
-             "the tokenizer has ", tok.vocab_size(), " ids, the model ", model.dims().n_vocab);
+  MC_EXPECTS(tok.vocab_size() <= cpu.dims().n_vocab, mc::Errc::kConfigMismatch,
+             "the tokenizer has ", tok.vocab_size(), " ids, the model ", cpu.dims().n_vocab);
+  const Gister gister(cpu.weights().embedding);  // gists: mean of the model's own embeddings
+#ifdef MC_EVAL_GPU
+  std::int64_t rows = a.context;
+  for (std::int64_t w : a.budgets) rows = std::max(rows, w);
+  Model model(cpu.options(), cpu.weights(), rows);
+  std::cerr << "decoder on the GPU (" << rows << " rows per forward)\n";
+#else
+  Model& model = cpu;
+#endif
   if (a.cmd == "window") return window(a, model, tok);
-  if (a.cmd == "passkey" || a.cmd == "retrieval") return retrieval(a, model, tok);
-  return stream(a, model, tok);
+  if (a.cmd == "passkey" || a.cmd == "retrieval") return retrieval(a, model, gister, tok);
+  return stream(a, model, gister, tok);
 } catch (const std::exception& e) {
   std::cerr << "mc_eval: " << e.what() << "\n";
   return 1;
