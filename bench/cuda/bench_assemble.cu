@@ -14,14 +14,13 @@
 #include <megacontext/policies/budget_optimal.hpp>
 #include <megacontext/tree.hpp>
 
+#include "cuda_bench.cuh"
+
 #include <cmath>
 #include <memory>
 #include <random>
 #include <vector>
 
-#ifndef MC_GIT_COMMIT
-#define MC_GIT_COMMIT "unknown"
-#endif
 
 namespace {
 
@@ -201,20 +200,4 @@ BENCHMARK(BM_Assemble_DeviceFull)->UseManualTime()->Unit(benchmark::kMicrosecond
 BENCHMARK(BM_Assemble_DevicePatch)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_Assemble_HostUpload_ref)->UseManualTime()->Unit(benchmark::kMicrosecond);
 
-int main(int argc, char** argv) {
-  int devices = 0;
-  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
-    std::fprintf(stderr, "bench_assemble: no CUDA device: skipping\n");
-    return 77;
-  }
-  cudaDeviceProp prop{};
-  MC_CUDA_TRY(cudaGetDeviceProperties(&prop, 0));
-  benchmark::AddCustomContext("device", prop.name);
-  benchmark::AddCustomContext("git_commit", MC_GIT_COMMIT);
-  benchmark::AddCustomContext("megacontext_bench", "bench_assemble");
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
-}
+MC_CUDA_BENCHMARK_MAIN("bench_assemble")

@@ -15,9 +15,6 @@
 #include "cuda_bench.cuh"
 #include <string>
 
-#ifndef MC_GIT_COMMIT
-#define MC_GIT_COMMIT "unknown"
-#endif
 
 namespace {
 
@@ -132,29 +129,4 @@ BENCHMARK(BM_Attention_ForwardBackward)
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  int devices = 0;
-  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
-    std::fprintf(stderr, "no CUDA device: nothing to benchmark\n");
-    return 77;
-  }
-  int device = 0;
-  cudaDeviceProp prop{};
-  int runtime = 0;
-  int driver = 0;
-  MC_CUDA_TRY(cudaGetDevice(&device));
-  MC_CUDA_TRY(cudaGetDeviceProperties(&prop, device));
-  MC_CUDA_TRY(cudaRuntimeGetVersion(&runtime));
-  MC_CUDA_TRY(cudaDriverGetVersion(&driver));
-  benchmark::AddCustomContext("device", prop.name);
-  benchmark::AddCustomContext("sm", std::to_string(prop.major) + std::to_string(prop.minor));
-  benchmark::AddCustomContext("sm_count", std::to_string(prop.multiProcessorCount));
-  benchmark::AddCustomContext("cuda_runtime", std::to_string(runtime));
-  benchmark::AddCustomContext("cuda_driver", std::to_string(driver));
-  benchmark::AddCustomContext("git_commit", MC_GIT_COMMIT);
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
-}
+MC_CUDA_BENCHMARK_MAIN("bench_attention")

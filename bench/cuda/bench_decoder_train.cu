@@ -30,9 +30,6 @@
 #include <string>
 #include <vector>
 
-#ifndef MC_GIT_COMMIT
-#define MC_GIT_COMMIT "unknown"
-#endif
 
 namespace {
 
@@ -207,23 +204,4 @@ BENCHMARK(BM_DecoderTrainStep)
     ->Iterations(10)
     ->Unit(benchmark::kMillisecond);
 
-int main(int argc, char** argv) {
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  int devices = 0;
-  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
-    std::fprintf(stderr, "no CUDA device: nothing to benchmark\n");
-    return 77;
-  }
-  cudaDeviceProp prop{};
-  int runtime = 0;
-  MC_CUDA_TRY(cudaGetDeviceProperties(&prop, 0));
-  MC_CUDA_TRY(cudaRuntimeGetVersion(&runtime));
-  benchmark::AddCustomContext("device", prop.name);
-  benchmark::AddCustomContext("sm_count", std::to_string(prop.multiProcessorCount));
-  benchmark::AddCustomContext("cuda_runtime", std::to_string(runtime));
-  benchmark::AddCustomContext("git_commit", MC_GIT_COMMIT);
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
-}
+MC_CUDA_BENCHMARK_MAIN("bench_decoder_train")

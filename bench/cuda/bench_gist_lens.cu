@@ -26,13 +26,16 @@
 #include <megacontext/error.cuh>
 #include <megacontext/gist_net.hpp>
 #include <megacontext/lens_net.hpp>
+
+#include "cuda_bench.cuh"
 #include <string>
 
-#ifndef MC_GIT_COMMIT
-#define MC_GIT_COMMIT "unknown"
-#endif
 
 namespace {
+
+using mc::bench::EventTimer;
+using mc::bench::L2Flush;
+using mc::bench::Stream;
 
 using mc::cuda::GemmMath;
 using C2 = mc::Config<32, 2>;  // LOD1 + LOD2
@@ -69,57 +72,8 @@ class DeviceBuffer {
   float* p_ = nullptr;
 };
 
-class L2Flush {
- public:
-  L2Flush() {
-    int device = 0;
-    int l2 = 0;
-    MC_CUDA_TRY(cudaGetDevice(&device));
-    MC_CUDA_TRY(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, device));
-    bytes_ = 2 * static_cast<std::size_t>(l2 > 0 ? l2 : (64 << 20));
-    MC_CUDA_TRY(cudaMalloc(&buffer_, bytes_));
-  }
-  ~L2Flush() { (void)cudaFree(buffer_); }
-  void flush(cudaStream_t stream) { MC_CUDA_TRY(cudaMemsetAsync(buffer_, 0, bytes_, stream)); }
 
- private:
-  void* buffer_ = nullptr;
-  std::size_t bytes_ = 0;
-};
 
-class EventTimer {
- public:
-  EventTimer() {
-    MC_CUDA_TRY(cudaEventCreate(&start_));
-    MC_CUDA_TRY(cudaEventCreate(&stop_));
-  }
-  ~EventTimer() {
-    (void)cudaEventDestroy(start_);
-    (void)cudaEventDestroy(stop_);
-  }
-  void start(cudaStream_t s) { MC_CUDA_TRY(cudaEventRecord(start_, s)); }
-  double stop(cudaStream_t s) {
-    MC_CUDA_TRY(cudaEventRecord(stop_, s));
-    MC_CUDA_TRY(cudaEventSynchronize(stop_));
-    float ms = 0.0f;
-    MC_CUDA_TRY(cudaEventElapsedTime(&ms, start_, stop_));
-    return ms * 1e-3;
-  }
-
- private:
-  cudaEvent_t start_ = nullptr;
-  cudaEvent_t stop_ = nullptr;
-};
-
-class Stream {
- public:
-  Stream() { MC_CUDA_TRY(cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking)); }
-  ~Stream() { (void)cudaStreamDestroy(s_); }
-  cudaStream_t get() const { return s_; }
-
- private:
-  cudaStream_t s_ = nullptr;
-};
 
 // Captures enqueue(stream) once into a graph; launch() replays it.
 class Graph {
@@ -342,29 +296,4 @@ BENCHMARK(BM_LensNet_InputGemmBaseline)
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  int devices = 0;
-  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
-    std::fprintf(stderr, "no CUDA device: nothing to benchmark\n");
-    return 77;
-  }
-  int device = 0;
-  cudaDeviceProp prop{};
-  int runtime = 0;
-  int driver = 0;
-  MC_CUDA_TRY(cudaGetDevice(&device));
-  MC_CUDA_TRY(cudaGetDeviceProperties(&prop, device));
-  MC_CUDA_TRY(cudaRuntimeGetVersion(&runtime));
-  MC_CUDA_TRY(cudaDriverGetVersion(&driver));
-  benchmark::AddCustomContext("device", prop.name);
-  benchmark::AddCustomContext("sm", std::to_string(prop.major) + std::to_string(prop.minor));
-  benchmark::AddCustomContext("sm_count", std::to_string(prop.multiProcessorCount));
-  benchmark::AddCustomContext("cuda_runtime", std::to_string(runtime));
-  benchmark::AddCustomContext("cuda_driver", std::to_string(driver));
-  benchmark::AddCustomContext("git_commit", MC_GIT_COMMIT);
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
-}
+MC_CUDA_BENCHMARK_MAIN("bench_gist_lens")

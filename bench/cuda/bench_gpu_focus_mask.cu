@@ -30,9 +30,6 @@
 #include <string>
 #include <vector>
 
-#ifndef MC_GIT_COMMIT
-#define MC_GIT_COMMIT "unknown"
-#endif
 
 namespace {
 
@@ -305,22 +302,4 @@ BENCHMARK(BM_TreeGists)
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  int devices = 0;
-  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
-    std::fprintf(stderr, "no CUDA device: nothing to benchmark\n");
-    return 77;
-  }
-  int device = 0;
-  cudaDeviceProp prop{};
-  MC_CUDA_TRY(cudaGetDevice(&device));
-  MC_CUDA_TRY(cudaGetDeviceProperties(&prop, device));
-  benchmark::AddCustomContext("device", prop.name);
-  benchmark::AddCustomContext("sm", std::to_string(prop.major) + std::to_string(prop.minor));
-  benchmark::AddCustomContext("git_commit", MC_GIT_COMMIT);
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
-}
+MC_CUDA_BENCHMARK_MAIN("bench_gpu_focus_mask")

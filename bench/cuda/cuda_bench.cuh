@@ -1,11 +1,16 @@
 // SPDX-License-Identifier: Apache-2.0
 // What every GPU benchmark needs around its launches: CUDA-event timing on a stream, a
-// non-blocking stream, and an L2 flush so that each timed run starts with a cold cache.
+// non-blocking stream, an L2 flush so that each timed run starts with a cold cache, and the
+// shared main(): exit 77 (skipped) without a device, the device and commit in the JSON context.
 #pragma once
 
 #include <cuda_runtime.h>
 
+#include <benchmark/benchmark.h>
+
 #include <cstddef>
+#include <cstdio>
+#include <string>
 
 #include <megacontext/error.cuh>
 
@@ -76,4 +81,41 @@ class Stream {
   cudaStream_t s_ = nullptr;
 };
 
+/// Runs the registered benchmarks of binary `name`: 77 when no CUDA device is visible (CTest and
+/// the scripts read it as "skipped"), otherwise the device, its SM count, L2 and memory, the
+/// CUDA runtime/driver versions, the binary's name and the git commit go into the JSON context.
+inline int run_cuda_benchmarks(int argc, char** argv, const char* name) {
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+    std::fprintf(stderr, "%s: no CUDA device: nothing to benchmark\n", name);
+    return 77;
+  }
+  int device = 0, runtime = 0, driver = 0;
+  cudaDeviceProp prop{};
+  MC_CUDA_TRY(cudaGetDevice(&device));
+  MC_CUDA_TRY(cudaGetDeviceProperties(&prop, device));
+  MC_CUDA_TRY(cudaRuntimeGetVersion(&runtime));
+  MC_CUDA_TRY(cudaDriverGetVersion(&driver));
+  benchmark::AddCustomContext("megacontext_bench", name);
+  benchmark::AddCustomContext("device", prop.name);
+  benchmark::AddCustomContext("sm", std::to_string(prop.major) + std::to_string(prop.minor));
+  benchmark::AddCustomContext("sm_count", std::to_string(prop.multiProcessorCount));
+  benchmark::AddCustomContext("l2_bytes", std::to_string(prop.l2CacheSize));
+  benchmark::AddCustomContext("global_mem_bytes", std::to_string(prop.totalGlobalMem));
+  benchmark::AddCustomContext("cuda_runtime", std::to_string(runtime));
+  benchmark::AddCustomContext("cuda_driver", std::to_string(driver));
+#ifdef MC_GIT_COMMIT
+  benchmark::AddCustomContext("git_commit", MC_GIT_COMMIT);
+#endif
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
+
 }  // namespace mc::bench
+
+/// Defines main() for a GPU benchmark binary called `name`.
+#define MC_CUDA_BENCHMARK_MAIN(name) \
+  int main(int argc, char** argv) { return ::mc::bench::run_cuda_benchmarks(argc, argv, name); }
