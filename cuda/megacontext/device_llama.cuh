@@ -219,6 +219,15 @@ class DeviceLlama {
                            cudaMemcpyDeviceToHost));
   }
 
+  /// Row `row` of the logits of the latest forward into host `out` [n_vocab] (synchronises).
+  void download_logits_row(std::int64_t row, float* out) const {
+    MC_EXPECTS(row >= 0 && row < shape_.rows() && out != nullptr, Errc::kInvalidArgument,
+               "[mc.llama.bad_batch] download_logits_row(", row, ") of ", shape_.rows(), " rows");
+    MC_CUDA_TRY(cudaMemcpy(out, logits_ + row * opt_.n_vocab,
+                           static_cast<std::size_t>(opt_.n_vocab) * sizeof(float),
+                           cudaMemcpyDeviceToHost));
+  }
+
   /// Backward of the latest forward: the gradient of the mean loss to every weight (download
   /// with download_gradients()); overwrites the logits with dL/dlogits. Enqueued on `stream`.
   void backward(cudaStream_t stream = 0) {

@@ -71,6 +71,21 @@ class DeviceLlamaModel {
     MC_EXPECTS(mask == nullptr, Errc::kInvalidArgument,
                "[mc.llama.bad_mask] the GPU decoder runs causal attention only; pass mask = "
                "nullptr");
+    run(embeddings, positions, n, logits);
+    model_.download_logits(n, logits);
+  }
+
+  /// The logits [V] of row n-1 only (mc::model_traits::has_forward_last): what a Session needs
+  /// for the next token, one row's download instead of n.
+  void forward_last(const float* embeddings, const GaussianPosition* positions, std::int64_t n,
+                    float* logits) {
+    run(embeddings, positions, n, logits);
+    model_.download_logits_row(n - 1, logits);
+  }
+
+ private:
+  void run(const float* embeddings, const GaussianPosition* positions, std::int64_t n,
+           const float* logits) {
     MC_EXPECTS(n >= 1 && n <= max_rows_ && embeddings != nullptr && positions != nullptr &&
                    logits != nullptr,
                Errc::kInvalidArgument, "[mc.llama.bad_shape] forward of n = ", n,
@@ -83,10 +98,8 @@ class DeviceLlamaModel {
     MC_CUDA_TRY(cudaMemcpy(d_in_, embeddings, static_cast<std::size_t>(n * options_.d_model) * sizeof(float),
                            cudaMemcpyHostToDevice));
     model_.forward_embeddings(d_in_);
-    model_.download_logits(n, logits);
   }
 
- private:
   static DeviceLlamaOptions train_options(GemmMath math) {
     DeviceLlamaOptions t;
     t.math = math;
@@ -101,6 +114,6 @@ class DeviceLlamaModel {
   std::vector<GaussianPosition> positions_;
 };
 
-static_assert(BaseModel<DeviceLlamaModel>);
+static_assert(BaseModel<DeviceLlamaModel> && model_traits<DeviceLlamaModel>::has_forward_last);
 
 }  // namespace mc::cuda

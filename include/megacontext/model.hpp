@@ -74,6 +74,12 @@ struct model_traits {
     m.begin_decode(capacity);
     m.decode_step(in, p, out);
   };
+  /// True when M can return only the last row's logits of a causal forward:
+  /// forward_last(embeddings [n, d], positions, n, logits [V]). A runtime that needs just the
+  /// next token's logits then moves V values instead of n·V (the GPU model's case).
+  static constexpr bool has_forward_last =
+      requires(M & m, const typename M::Scalar* in, typename M::Scalar* out,
+               const GaussianPosition* p, std::int64_t n) { m.forward_last(in, p, n, out); };
 };
 
 /// Compile-time check for inference entry points: fails with a sentence when M is not a model.

@@ -441,6 +441,9 @@ class Session {
                             ctx_.positions[static_cast<std::size_t>(i)], logits_.data());
       rec.model_rows = w - model_rows_;
       model_rows_ = w;
+    } else if constexpr (model_traits<M>::has_forward_last) {
+      model_->forward_last(ctx_.embeddings.data(), ctx_.positions.data(), w, logits_.data());
+      rec.model_rows = w;
     } else {
       all_logits_.resize(static_cast<std::size_t>(w * v));
       model_->forward(ctx_.embeddings.data(), ctx_.positions.data(), w, nullptr,

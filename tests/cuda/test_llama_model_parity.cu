@@ -59,6 +59,10 @@ TEST_CASE("DeviceLlamaModel: logits of embeddings at Gaussian positions match th
     cpu.forward(x.data(), pos.data(), n, nullptr, want.data());
     gpu.forward(x.data(), pos.data(), n, nullptr, got.data());
     CHECK(rel_err(got, want) <= 1e-4);
+    std::vector<float> last(static_cast<std::size_t>(o.n_vocab), std::nanf(""));
+    gpu.forward_last(x.data(), pos.data(), n, last.data());
+    const std::vector<float> want_last(want.end() - o.n_vocab, want.end());
+    CHECK(rel_err(last, want_last) <= 1e-4);
   }
   std::vector<float> x(128), l(97);
   const mc::GaussianPosition p{0, 0};
