@@ -180,7 +180,7 @@ struct SessionState {
                         path.string());
     const auto raw = v.raw(name);
     std::vector<T> out(raw.size() / sizeof(T));
-    std::memcpy(out.data(), raw.data(), out.size() * sizeof(T));
+    if (!out.empty()) std::memcpy(out.data(), raw.data(), out.size() * sizeof(T));
     return out;
   }
 };
