@@ -393,6 +393,8 @@ TEST_CASE("Session: replacing a document rebuilds only what it affects and keeps
 }
 
 TEST_CASE("Session with the bundled model: budget every step, bit-identical resume, missing file") {
+  // Sampled generation exercises the decoder and its cache; pushed text then reaches 10,000
+  // budget-checked steps in seconds.
   namespace fs = std::filesystem;
   const fs::path models = fs::path(MC_SOURCE_DIR) / "examples" / "models";
   CHECK_THROWS_WITH_AS(mc::reference::load_llama(models / "no-such-model.safetensors"),
@@ -410,8 +412,10 @@ TEST_CASE("Session with the bundled model: budget every step, bit-identical resu
   so.seed = 3;
 #if defined(__SANITIZE_ADDRESS__)
   constexpr int kSteps = 64;  // the sanitizer build runs the decoder ~20x slower
+  constexpr int kPushSteps = 1000;
 #else
   constexpr int kSteps = 640;
+  constexpr int kPushSteps = 10000;
 #endif
   const auto dir = fresh_dir("bundled"), copy = fresh_dir("bundled_copy");
   std::ifstream f("/usr/share/common-licenses/GPL-3");
@@ -431,6 +435,14 @@ TEST_CASE("Session with the bundled model: budget every step, bit-identical resu
     fs::copy(dir, copy, fs::copy_options::recursive);  // the tree and state as saved
     continued = s.generate(40, sampling);
     CHECK(s.totals().refocuses >= kSteps / 32);
+    // 10,000 more steps of pushed text (no sampling, so no decoder forward: the budget and the
+    // invariants do not depend on the logits), checked after each.
+    const auto more = tok.encode(text);
+    for (int i = 0; i < kPushSteps; ++i) {
+      s.push(more[static_cast<std::size_t>(i) % more.size()]);
+      REQUIRE(s.context().size() <= 512);
+      s.context().validate(s.tree().num_tokens());
+    }
   }
   S r = S::resume(model, gister, scorer, mc::DiskTree<D>::open(copy), copy / "session.safetensors", so);
   CHECK(r.generate(40, sampling) == continued);
