@@ -209,6 +209,8 @@ int window(const Args& a, Model& model, mc::Tokenizer& tok) {
         const auto ans = tok.encode(" " + t.answer);
         ids.insert(ids.end(), ans.begin(), ans.end());
         if (static_cast<std::int64_t>(ids.size()) <= a.context) break;
+        MC_EXPECTS(o.context_chars > 16, mc::Errc::kInvalidArgument, "--context = ", a.context,
+                   " tokens cannot hold a ", names[kind], " trial");
       }
       right += teacher_forced(model, ids, begin);
       bar.update(i + 1);
