@@ -36,22 +36,9 @@ using Mat = mc::RowMatrix<double>;
 using C3d = mc::Config<3, 2, double>;
 
 Mat random_normal(Eigen::Index rows, Eigen::Index cols, std::uint64_t salt, double std_dev = 1.0) {
-  auto gen = mc::test::rng(salt);
-  std::normal_distribution<double> normal(0.0, std_dev);
-  Mat m(rows, cols);
-  for (Eigen::Index i = 0; i < m.size(); ++i) m.data()[i] = normal(gen);
-  return m;
+  return mc::test::normal_matrix(rows, cols, salt, std_dev);
 }
-
-std::vector<Eigen::Index> sample(Eigen::Index size, Eigen::Index count, std::uint64_t salt) {
-  std::vector<Eigen::Index> v(static_cast<std::size_t>(size));
-  for (Eigen::Index i = 0; i < size; ++i) v[static_cast<std::size_t>(i)] = i;
-  if (size <= count) return v;
-  auto gen = mc::test::rng(salt);
-  std::shuffle(v.begin(), v.end(), gen);
-  v.resize(static_cast<std::size_t>(count));
-  return v;
-}
+using mc::test::sample_indices;
 
 mc::MegaAttentionOptions mega_options(std::int32_t r, std::int32_t window, std::int32_t levels) {
   mc::MegaAttentionOptions o;
@@ -277,7 +264,7 @@ TEST_CASE(
     mega.backward(model, net, a, &b, &c, &dleaves, &mgrads, &ggrads);
 
     double worst = mc::test::grad_check("leaves", loss, leaves.data(), dleaves.data(),
-                                        sample(leaves.size(), 80, 57));
+                                        sample_indices(leaves.size(), 80, 57));
     // The leaf outside every block gets gradient only through its own row.
     CHECK(dleaves.row(9).cwiseAbs().maxCoeff() > 0.0);
     std::vector<double*> gp;
@@ -286,7 +273,7 @@ TEST_CASE(
     std::size_t t = 0;
     net.weights().for_each_parameter([&](const std::string& name, double* p, Eigen::Index size) {
       worst = std::max(
-          worst, mc::test::grad_check("gist_net." + name, loss, p, gp[t], sample(size, 6, 58 + t)));
+          worst, mc::test::grad_check("gist_net." + name, loss, p, gp[t], sample_indices(size, 6, 58 + t)));
       ++t;
     });
     std::vector<double*> mp;
@@ -295,7 +282,7 @@ TEST_CASE(
     t = 0;
     model.weights().for_each_parameter([&](const std::string& name, double* p, Eigen::Index size) {
       worst = std::max(
-          worst, mc::test::grad_check("decoder." + name, loss, p, mp[t], sample(size, 6, 90 + t)));
+          worst, mc::test::grad_check("decoder." + name, loss, p, mp[t], sample_indices(size, 6, 90 + t)));
       ++t;
     });
     MESSAGE("sets = ", sets, ": worst relative error over leaves and every weight tensor ", worst);

@@ -27,22 +27,9 @@ using Mat = mc::RowMatrix<double>;
 using C3d = mc::Config<3, 2, double>;
 
 Mat random_normal(Eigen::Index rows, Eigen::Index cols, std::uint64_t salt, double std_dev = 1.0) {
-  auto gen = mc::test::rng(salt);
-  std::normal_distribution<double> normal(0.0, std_dev);
-  Mat m(rows, cols);
-  for (Eigen::Index i = 0; i < m.size(); ++i) m.data()[i] = normal(gen);
-  return m;
+  return mc::test::normal_matrix(rows, cols, salt, std_dev);
 }
-
-std::vector<Eigen::Index> sample(Eigen::Index size, Eigen::Index count, std::uint64_t salt) {
-  std::vector<Eigen::Index> v(static_cast<std::size_t>(size));
-  for (Eigen::Index i = 0; i < size; ++i) v[static_cast<std::size_t>(i)] = i;
-  if (size <= count) return v;
-  auto gen = mc::test::rng(salt);
-  std::shuffle(v.begin(), v.end(), gen);
-  v.resize(static_cast<std::size_t>(count));
-  return v;
-}
+using mc::test::sample_indices;
 
 std::vector<mc::TokenId> random_ids(std::int64_t n, std::int64_t vocab, std::uint64_t salt) {
   auto gen = mc::test::rng(salt);
@@ -87,9 +74,9 @@ TEST_CASE("mega_prediction: gist loss gradients match central differences") {
     auto loss = [&] { return mc::gist_prediction_loss<double>(p, t, kind, nullptr, nullptr); };
     mc::gist_prediction_loss<double>(p, t, kind, &gp, &gt);
     const double ep =
-        mc::test::grad_check("pred", loss, p.data(), gp.data(), sample(p.size(), 35, 3));
+        mc::test::grad_check("pred", loss, p.data(), gp.data(), sample_indices(p.size(), 35, 3));
     const double et =
-        mc::test::grad_check("target", loss, t.data(), gt.data(), sample(t.size(), 35, 4));
+        mc::test::grad_check("target", loss, t.data(), gt.data(), sample_indices(t.size(), 35, 4));
     CHECK(ep < 1e-7);
     CHECK(et < 1e-7);
   }
@@ -160,11 +147,11 @@ TEST_CASE(
     Mat dl, dh, ds;
     mc::mega_prediction_loss<double>(mask, logits, hidden, seq, targets.data(), o, &dl, &dh, &ds);
     CHECK(mc::test::grad_check("logits", loss, logits.data(), dl.data(),
-                               sample(logits.size(), 60, 25)) < 1e-7);
+                               sample_indices(logits.size(), 60, 25)) < 1e-7);
     CHECK(mc::test::grad_check("hidden", loss, hidden.data(), dh.data(),
-                               sample(hidden.size(), 60, 26)) < 1e-7);
+                               sample_indices(hidden.size(), 60, 26)) < 1e-7);
     CHECK(mc::test::grad_check("sequence", loss, seq.data(), ds.data(),
-                               sample(seq.size(), 60, 27)) < 1e-7);
+                               sample_indices(seq.size(), 60, 27)) < 1e-7);
   }
 }
 
@@ -228,13 +215,13 @@ TEST_CASE("mega_prediction: end to end through MegaAttention, targets constant o
       auto gg = mc::GistNetWeights<double>::zeros(go);
       mega.backward(model, net, dl, &dh, &ds, &dleaves, &mg, &gg);
       double worst = mc::test::grad_check("leaves", loss, leaves.data(), dleaves.data(),
-                                          sample(leaves.size(), 60, 35));
+                                          sample_indices(leaves.size(), 60, 35));
       std::vector<double*> gp;
       gg.for_each_parameter([&](const std::string&, double* p, Eigen::Index) { gp.push_back(p); });
       std::size_t t = 0;
       net.weights().for_each_parameter([&](const std::string& name, double* p, Eigen::Index size) {
         worst = std::max(worst, mc::test::grad_check("gist_net." + name, loss, p, gp[t],
-                                                     sample(size, 4, 36 + t)));
+                                                     sample_indices(size, 4, 36 + t)));
         ++t;
       });
       std::vector<double*> mp;
@@ -243,7 +230,7 @@ TEST_CASE("mega_prediction: end to end through MegaAttention, targets constant o
       model.weights().for_each_parameter(
           [&](const std::string& name, double* p, Eigen::Index size) {
             worst = std::max(worst, mc::test::grad_check("decoder." + name, loss, p, mp[t],
-                                                         sample(size, 4, 70 + t)));
+                                                         sample_indices(size, 4, 70 + t)));
             ++t;
           });
       MESSAGE("target_gradient = ", differentiate_targets, ", gist loss ", static_cast<int>(kind),
